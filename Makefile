@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the offline default run) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: demo test dry-run report-html bench clean
+
+$(VENV)/.installed: envs/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r envs/requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	@echo "Report: results/report/metrics.md (table), results/report/metrics.csv, results/report/plots/"
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests
+
+dry-run: $(VENV)/.installed
+	$(BIN)/snakemake -n
+
+clean:
+	rm -rf results/shards results/embeddings results/probes results/report logs benchmarks .snakemake

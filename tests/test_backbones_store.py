@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from mimprobe.backbones import create_backbone
+from mimprobe.config import validate_config
+from mimprobe.errors import MimprobeError
+from mimprobe.extract import embed_chunk, init_store
+from mimprobe.shards import prepare_shards, read_shard
+from mimprobe.store import open_store, read_features, verify_store
+
+
+def test_effnet_lite0_loads_the_packaged_imagenet_weights():
+    backbone = create_backbone("effnet_lite0")
+    assert backbone.block_names[-1] == "pre_logits" and backbone.mean == (0.5, 0.5, 0.5)
+    x = backbone.preprocess(torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8))
+    features = backbone.forward_blocks(x, [len(backbone.block_names) - 1], ["mean"])
+    model = backbone.model
+    reference = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert torch.equal(next(iter(features.values())), reference)
+    # trained BatchNorm statistics, not the fresh-model defaults
+    assert not torch.allclose(model.bn1.running_var, torch.ones_like(model.bn1.running_var))
+
+
+def test_random_backbone_is_the_same_for_the_same_seed():
+    a, b = create_backbone("random:vit_tiny_patch16_224", seed=1), create_backbone("random:vit_tiny_patch16_224", seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_stopping_after_the_last_requested_block_matches_the_full_pass():
+    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
+    x = backbone.preprocess(torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8))
+    early = backbone.forward_blocks(x, [3], ["cls", "mean"])
+    full = backbone.forward_blocks(x, [3, 11], ["cls", "mean"])
+    assert torch.allclose(early[(3, "cls")], full[(3, "cls")]) and torch.allclose(early[(3, "mean")], full[(3, "mean")])
+
+
+def test_mim_refiner_fails_clearly_until_implemented():
+    with pytest.raises(MimprobeError, match="not implemented yet"):
+        create_backbone("mim_refiner:mae_refined_l16")
+
+
+def test_store_holds_exactly_the_directly_computed_features(tmp_path):
+    config = validate_config({
+        "datasets": {"digits": {"kind": "digits", "shard_size": 16, "limit": {"train": 32, "test": 16}}},
+        "backbones": {"vit": {"model": "random:vit_tiny_patch16_224", "batch_size": 5}},
+        "features": {"blocks": [1, -1], "pooling": ["cls", "mean"]},
+    })
+    meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
+    store = tmp_path / "vit.zarr"
+    backbone_cfg, features = config["backbones"]["vit"], config["features"]
+    init_store(store, tmp_path / "shards/meta.json", backbone_cfg, features, 0)
+    flags = []
+    for name in meta["shards"]:
+        flags.append(tmp_path / f"{name}.json")
+        embed_chunk(store, tmp_path / f"shards/{name}.npz", tmp_path / "shards/meta.json", flags[-1],
+                    backbone_cfg, features, 0)
+    assert verify_store(store, flags)["chunks"] == 3
+    root = open_store(store)
+    images = read_shard(tmp_path / "shards/train-0001.npz")["images"]
+    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
+    direct = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), [1, 11], ["cls", "mean"])
+    for (block, pooling), values in direct.items():
+        stored = read_features(root, "train", pooling, block)[16:32]
+        assert np.array_equal(stored, values.numpy().astype(np.float16).astype(np.float32))
+    assert root["train/labels"][:].tolist() == np.concatenate(
+        [read_shard(tmp_path / f"shards/train-000{i}.npz")["labels"] for i in range(2)]).tolist()

@@ -1,0 +1,95 @@
+"""The real DAG through the Snakemake CLI on small data: outputs, reruns, and early config errors."""
+
+import copy
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake, tiny_config
+
+pytestmark = pytest.mark.slow
+COLUMNS = "backbone,dataset,block,pooling,probe,setting,split,metric,value,ci_low,ci_high"
+
+
+def planned_jobs(workdir, config) -> dict[str, int]:
+    """{rule: count} of what a dry run would execute."""
+    out = run_snakemake(workdir, config, "-n").stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0] if "Reasons:" in out else out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_config()
+    run_snakemake(workdir, config)
+    return workdir, config
+
+
+def test_the_report_is_one_tidy_table(finished_run):
+    workdir, _ = finished_run
+    csv = workdir / "results/report/metrics.csv"
+    assert csv.read_text().splitlines()[0] == COLUMNS
+    table = pd.read_csv(csv)
+    assert set(table.split) == {"val", "test"}
+    assert {"top1", "top5", "macro_f1"} <= set(table.metric)
+    assert set(table.backbone) == {"pixels", "random_vit"} and set(table.probe) == {"knn", "linear"}
+    test_top1 = table[(table.split == "test") & (table.metric == "top1")]
+    assert test_top1.value.between(0, 1).all() and (test_top1.ci_low <= test_top1.value).all()
+    # random ViT-tiny: blocks 10 and 11 with cls and mean pooling, for each probe
+    vit = test_top1[test_top1.backbone == "random_vit"]
+    assert sorted(set(zip(vit.block, vit.pooling))) == [(10, "cls"), (10, "mean"), (11, "cls"), (11, "mean")]
+    assert (workdir / "results/report/plots/accuracy_per_block.png").stat().st_size > 5000
+    assert "| pixels | knn |" in (workdir / "results/report/metrics.md").read_text()
+
+
+def test_a_second_run_with_nothing_changed_does_nothing(finished_run):
+    workdir, config = finished_run
+    assert planned_jobs(workdir, config) == {}
+
+
+def test_changing_a_probe_parameter_reruns_only_that_probe_and_the_report(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["probes"]["knn"]["k"] = [3, 10]
+    assert planned_jobs(workdir, changed) == {"probe_knn": 2, "report": 1, "all": 1}
+
+
+def test_adding_a_backbone_embeds_only_that_backbone(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["backbones"]["second_vit"] = {"model": "random:vit_tiny_patch16_224"}
+    jobs = planned_jobs(workdir, changed)
+    assert jobs == {"init_store": 1, "embed_chunk": 6, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
+                    "report": 1, "all": 1}
+
+
+def test_bad_config_fails_before_any_job_runs_naming_the_key(tmp_path):
+    config = tiny_config()
+    config["datasets"]["digits"]["shard_size"] = -5
+    result = run_snakemake(tmp_path, config, check=False)
+    assert result.returncode != 0
+    assert "datasets.digits.shard_size" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_full_study_plans_offline_and_mim_refiner_fails_clearly(tmp_path):
+    config = REPO / "config" / "config.yaml"
+    jobs = planned_jobs(tmp_path, config)
+    assert jobs["embed_chunk"] == 60 and jobs["prepare_shards"] == 1  # 50 + 10 shards of 1,000
+    refiner_only = tiny_config(backbones={"refined": {"model": "mim_refiner:mae_refined_l16"}})
+    result = run_snakemake(tmp_path, refiner_only, check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "logs/init_store/refined/digits.log").read_text()
+    assert "not implemented yet" in log
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(finished_run, tmp_path):
+    workdir, config = finished_run
+    run_snakemake(tmp_path, config)
+    assert (tmp_path / "results/report/metrics.csv").read_text() == \
+        (workdir / "results/report/metrics.csv").read_text()

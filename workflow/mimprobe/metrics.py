@@ -1,0 +1,73 @@
+"""Classification metrics from predicted probabilities, with bootstrap 95% confidence intervals."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    flat = labels.astype(np.int64) * num_classes + predicted.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _precision_recall_f1(confusion: np.ndarray) -> dict[str, float]:
+    true_pos = np.diag(confusion).astype(float)
+    support = confusion.sum(axis=1).astype(float)
+    predicted = confusion.sum(axis=0).astype(float)
+    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
+    recall = np.divide(true_pos, support, out=np.zeros_like(true_pos), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(true_pos), where=denom > 0)
+    present = support > 0  # like sklearn with labels=present classes
+    weights = support / max(support.sum(), 1)
+    out = {}
+    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        out[f"macro_{name}"] = float(values[present].mean()) if present.any() else 0.0
+        out[f"weighted_{name}"] = float((values * weights).sum())
+    return out
+
+
+def point_metrics(labels, probs, fine_to_coarse=None) -> dict[str, float]:
+    """top-1, top-5, macro/weighted precision/recall/F1 and (if given) superclass top-1."""
+    num_classes = probs.shape[1]
+    ranked = np.argsort(-probs, axis=1, kind="stable")
+    predicted = ranked[:, 0]
+    k = min(5, num_classes)
+    out = {
+        "top1": float((predicted == labels).mean()),
+        "top5": float((ranked[:, :k] == labels[:, None]).any(axis=1).mean()),
+    }
+    out |= _precision_recall_f1(confusion_matrix(labels, predicted, num_classes))
+    if fine_to_coarse is not None:
+        mapping = np.asarray(fine_to_coarse)
+        out["superclass_top1"] = float((mapping[predicted] == mapping[labels]).mean())
+    return out
+
+
+def per_class_accuracy(labels, probs) -> list[float | None]:
+    predicted = probs.argmax(axis=1)
+    return [
+        float((predicted[labels == c] == c).mean()) if (labels == c).any() else None
+        for c in range(probs.shape[1])
+    ]
+
+
+def metrics_with_ci(labels, probs, fine_to_coarse=None, resamples: int = 1000, seed: int = 0) -> dict:
+    """{metric: {value, ci_low, ci_high}}; percentile bootstrap over test images."""
+    values = point_metrics(labels, probs, fine_to_coarse)
+    if resamples <= 0:
+        return {name: {"value": v, "ci_low": None, "ci_high": None} for name, v in values.items()}
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in values}
+    for _ in range(resamples):
+        rows = rng.integers(0, len(labels), len(labels))
+        for name, v in point_metrics(labels[rows], probs[rows], fine_to_coarse).items():
+            draws[name].append(v)
+    return {
+        name: {
+            "value": values[name],
+            "ci_low": float(np.percentile(draws[name], 2.5)),
+            "ci_high": float(np.percentile(draws[name], 97.5)),
+        }
+        for name in values
+    }

@@ -1,0 +1,13 @@
+"""Probe families: each module has `DEFAULTS` and `fit(splits, params, seed) -> ProbeOutcome`."""
+
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = ("knn", "linear")
+
+
+def family_module(name: str):
+    if name not in FAMILIES:
+        raise ValueError(f"unknown probe family {name!r}; known: {', '.join(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{name}")

@@ -1,0 +1,126 @@
+"""Cut a dataset into uint8 shards plus meta.json (class names, counts, validation split, hashes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, sha256_file, write_json
+from .config import SPLITS, shard_count
+from .datasets import RawDataset, SplitArrays
+from .errors import DataError
+
+
+def load_raw_dataset(dataset: dict, resources_dir: str) -> RawDataset:
+    kind = dataset["kind"]
+    if kind in ("cifar100", "cifar10"):
+        from .datasets import fetch_cifar_archive, read_cifar_archive
+
+        path = fetch_cifar_archive(kind, resources_dir, dataset.get("archive"), dataset["verify_md5"])
+        return read_cifar_archive(path, kind)
+    if kind == "digits":
+        from .datasets import load_digits_rgb
+
+        return load_digits_rgb()
+    if kind == "imagefolder":
+        from .imagefolder import read_image_folder
+
+        return read_image_folder(dataset["root"], dataset["image_size"])
+    raise DataError(f"unknown dataset kind {kind!r}")
+
+
+def _limit(arrays: SplitArrays, limit: int | None) -> SplitArrays:
+    if not limit:
+        return arrays
+    coarse = None if arrays.coarse_labels is None else arrays.coarse_labels[:limit]
+    return SplitArrays(arrays.images[:limit], arrays.labels[:limit], coarse)
+
+
+def stratified_validation(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted train positions held out for validation: `fraction` of each class, at least one."""
+    rng = np.random.default_rng(seed)
+    held = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) < 2:
+            continue  # a class with one image stays in train
+        take = min(len(members) - 1, max(1, round(fraction * len(members))))
+        held.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
+
+
+def write_shard(path: Path, images, labels, coarse, global_index) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(
+                handle,
+                images=images,
+                labels=labels,
+                coarse_labels=coarse if coarse is not None else np.full(len(labels), -1, np.int64),
+                index=global_index,
+            )
+
+
+def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: shard missing. Delete {path.parent / 'meta.json'} and rerun to rebuild it.")
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise DataError(
+            f"{path}: checksum differs from {path.parent / 'meta.json'} (truncated or modified shard). "
+            f"Delete {path.parent / 'meta.json'} and rerun to rebuild the shards."
+        )
+    try:
+        with np.load(path) as data:
+            return {key: data[key] for key in ("images", "labels", "coarse_labels", "index")}
+    except Exception as err:  # noqa: BLE001 - any load failure means a damaged shard
+        raise DataError(
+            f"{path}: unreadable shard ({err}). Delete {path.parent / 'meta.json'} and rerun to rebuild it."
+        ) from err
+
+
+def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed: int) -> dict:
+    """Write every shard of a dataset and then meta.json (written last: it marks completion)."""
+    out_dir = Path(out_dir)
+    raw = load_raw_dataset(dataset, resources_dir)
+    limits = dataset.get("limit") or {}
+    splits = {"train": _limit(raw.train, limits.get("train")), "test": _limit(raw.test, limits.get("test"))}
+    shard_size = dataset["shard_size"]
+    meta = {
+        "kind": dataset["kind"],
+        "class_names": raw.class_names,
+        "coarse_class_names": raw.coarse_class_names,
+        "shard_size": shard_size,
+        "image_shape": list(splits["train"].images.shape[1:]),
+        "splits": {},
+        "shards": {},
+    }
+    for split in SPLITS:
+        arrays = splits[split]
+        count = len(arrays.labels)
+        meta["splits"][split] = {
+            "count": count,
+            "class_counts": np.bincount(arrays.labels, minlength=len(raw.class_names)).tolist(),
+        }
+        for i in range(shard_count(count, shard_size)):
+            lo, hi = i * shard_size, min((i + 1) * shard_size, count)
+            name = f"{split}-{i:04d}"
+            path = out_dir / f"{name}.npz"
+            coarse = None if arrays.coarse_labels is None else arrays.coarse_labels[lo:hi]
+            write_shard(path, arrays.images[lo:hi], arrays.labels[lo:hi], coarse, np.arange(lo, hi))
+            meta["shards"][name] = {"start": lo, "stop": hi, "sha256": sha256_file(path)}
+    if raw.coarse_class_names is not None:
+        fine, coarse = raw.train.labels, raw.train.coarse_labels  # full train: every class present
+        mapping = np.zeros(len(raw.class_names), dtype=np.int64)
+        mapping[fine] = coarse
+        meta["fine_to_coarse"] = mapping.tolist()
+    val = stratified_validation(splits["train"].labels, dataset["val_fraction"], seed)
+    meta["validation"] = {"fraction": dataset["val_fraction"], "seed": seed, "train_positions": val.tolist()}
+    write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+def read_meta(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,115 @@
+"""The Zarr v3 feature store: one per backbone x dataset, chunked exactly at shard boundaries.
+
+Layout: `{split}/labels`, `{split}/coarse_labels`, `{split}/{pooling}/b{block:03d}` (N, D) fp16,
+and `{split}/tokens/b{block:03d}` (N, T, D) fp16. Root attributes describe blocks and dims.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .atomic import sha256_bytes
+from .errors import DataError
+
+
+def array_name(split: str, pooling: str, block: int) -> str:
+    return f"{split}/{pooling}/b{block:03d}"
+
+
+def _compressors(name: str):
+    if name == "none":
+        return None
+    from zarr.codecs import BloscCodec
+
+    return [BloscCodec(cname=name, clevel=3 if name == "zstd" else 1, shuffle="bitshuffle")]
+
+
+def create_store(path: str | Path, attrs: dict, split_counts: dict[str, int], shard_size: int,
+                 feature_shapes: dict[tuple[int, str], tuple[int, ...]], compressor: str) -> None:
+    """Create every array of the store in a temporary folder, then move it into place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    for split, count in split_counts.items():
+        for name in ("labels", "coarse_labels"):
+            root.create_array(f"{split}/{name}", shape=(count,), chunks=(shard_size,), dtype="int64",
+                              fill_value=-1, compressors=None)
+        for (block, pooling), shape in feature_shapes.items():
+            root.create_array(array_name(split, pooling, block), shape=(count, *shape),
+                              chunks=(shard_size, *shape), dtype="float16", fill_value=0,
+                              compressors=_compressors(compressor))
+    root.attrs.update(attrs | {"split_counts": split_counts, "shard_size": shard_size,
+                               "arrays": {f"{p}/b{b:03d}": list(s) for (b, p), s in feature_shapes.items()}})
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def open_store(path: str | Path, mode: str = "r"):
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise DataError(f"{path}: no Zarr store here. Run the workflow to create it (rule init_store).")
+    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+
+def feature_keys(root) -> list[tuple[int, str]]:
+    """(block, pooling) pairs stored, in block order."""
+    keys = []
+    for name in root.attrs["arrays"]:
+        pooling, block = name.split("/")
+        keys.append((int(block[1:]), pooling))
+    return sorted(keys)
+
+
+def region_checksum(array, start: int, stop: int) -> str:
+    data = np.ascontiguousarray(array[start:stop])
+    return sha256_bytes(data.tobytes())
+
+
+def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray]) -> dict[str, str]:
+    """Write one shard's rows into each named array, read them back, and return their checksums."""
+    checksums = {}
+    for name, values in columns.items():
+        array = root[f"{split}/{name}"]
+        array[start:stop] = values
+        stored = np.asarray(array[start:stop])
+        if not np.array_equal(stored, values.astype(array.dtype), equal_nan=True):
+            raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
+        checksums[name] = sha256_bytes(np.ascontiguousarray(stored).tobytes())
+    return checksums
+
+
+def read_features(root, split: str, pooling: str, block: int, rows=None) -> np.ndarray:
+    array = root[array_name(split, pooling, block)]
+    data = array[:] if rows is None else array.get_orthogonal_selection((rows,))
+    return np.asarray(data, dtype=np.float32)
+
+
+def verify_store(store_path, flag_paths: list[str | Path]) -> dict:
+    """Re-read every region named by a chunk flag, compare checksums and scan for NaN/Inf."""
+    import json
+
+    root = open_store(store_path)
+    problems, regions = [], 0
+    for flag_path in flag_paths:
+        flag = json.loads(Path(flag_path).read_text())
+        split, start, stop = flag["split"], flag["start"], flag["stop"]
+        for name, expected in flag["checksums"].items():
+            array = root[f"{split}/{name}"]
+            values = np.asarray(array[start:stop])
+            if sha256_bytes(np.ascontiguousarray(values).tobytes()) != expected:
+                problems.append(f"{split}/{name} rows {start}:{stop} (flag {flag_path})")
+            elif values.dtype.kind == "f" and not np.isfinite(values).all():
+                problems.append(f"{split}/{name} rows {start}:{stop} holds NaN/Inf")
+            regions += 1
+    if problems:
+        raise DataError(
+            f"{store_path}: {len(problems)} region(s) fail verification: {'; '.join(problems[:5])}. "
+            "Delete the named chunk flags (or the store) and rerun to re-embed them."
+        )
+    return {"store": str(store_path), "regions_verified": regions, "chunks": len(flag_paths)}

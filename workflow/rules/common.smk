@@ -1,0 +1,80 @@
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+
+from mimprobe.config import shard_names, validate_config
+from mimprobe.errors import ConfigError
+from mimprobe.probes import FAMILIES
+
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(f"Invalid config: {err}") from None
+
+DATASETS = list(config["datasets"])
+BACKBONES = list(config["backbones"])
+SHARDS = {name: shard_names(dataset) for name, dataset in config["datasets"].items()}
+PROBES = [f for f in FAMILIES if config["probes"].get(f, {}).get("enabled", True)]
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS) or "none",
+    backbone="|".join(BACKBONES) or "none",
+    shard=r"(train|test)-\d{4}",
+
+
+def as_json(value):
+    """Compact, key-sorted JSON for params (stable, so unchanged config never triggers reruns)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def dataset_config(wildcards):
+    return as_json(config["datasets"][wildcards.dataset])
+
+
+def backbone_config(wildcards):
+    entry = dict(config["backbones"][wildcards.backbone])
+    entry.pop("batch_size", None)  # speed only: changing it must not re-embed
+    return as_json(entry)
+
+
+def features_config(wildcards):
+    return as_json(config["features"])
+
+
+def probe_settings(family):
+    settings = dict(config["probes"].get(family, {}))
+    settings.pop("enabled", None)
+    return settings
+
+
+def batch_size(wildcards):
+    return config["backbones"][wildcards.backbone]["batch_size"]
+
+
+def chunk_flags(wildcards):
+    return expand(
+        "results/embeddings/{backbone}/{dataset}.chunks/{shard}.json",
+        backbone=wildcards.backbone,
+        dataset=wildcards.dataset,
+        shard=SHARDS[wildcards.dataset],
+    )
+
+
+def probe_outputs():
+    return expand(
+        "results/probes/{backbone}/{dataset}/{family}.json",
+        backbone=BACKBONES,
+        dataset=DATASETS,
+        family=PROBES,
+    )
+
+
+def final_outputs():
+    return [
+        "results/report/metrics.csv",
+        "results/report/metrics.md",
+        "results/report/plots/accuracy_per_block.png",
+    ]
