@@ -67,3 +67,16 @@ def test_store_holds_exactly_the_directly_computed_features(tmp_path, model):
         assert np.array_equal(stored, values.numpy().astype(np.float16).astype(np.float32))
     assert root["train/labels"][:].tolist() == np.concatenate(
         [read_shard(tmp_path / f"shards/train-000{i}.npz")["labels"] for i in range(2)]).tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_bf16_features_are_close_to_fp32_cpu(tmp_path):
+    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    cpu = backbone.forward_blocks(backbone.preprocess(images), [5, 11], ["cls", "mean"])
+    gpu_backbone = backbone.to("cuda", torch.bfloat16)
+    with torch.inference_mode():
+        gpu = gpu_backbone.forward_blocks(gpu_backbone.preprocess(images.cuda()).bfloat16(), [5, 11], ["cls", "mean"])
+    for key, expected in cpu.items():
+        cosine = torch.nn.functional.cosine_similarity(gpu[key].float().cpu(), expected, dim=1)
+        assert cosine.min() > 0.99, key
