@@ -53,25 +53,41 @@ def create_torchvision(name: str, weights: str | None, final_norm: bool) -> Back
     return backbone
 
 
-class TorchvisionViT(Backbone):
-    poolings = ("cls", "mean", "tokens")
+class LoopedViT(Backbone):
+    """A ViT run block by block up to the last requested one; subclasses say how to embed and norm."""
 
-    def __init__(self, model, final_norm: bool):
+    poolings = ("cls", "mean", "tokens")
+    prefix = 1  # CLS (+ register) tokens before the patch tokens
+
+    def __init__(self, model, final_norm: bool, layer_prefix: str):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.final_norm = final_norm
-        self.block_names = [f"encoder.layers.{i}" for i in range(len(model.encoder.layers))]
+        self.block_names = [f"{layer_prefix}.{i}" for i in range(len(self.layers()))]
 
     def _block_outputs(self, x, indices):
-        model, outputs = self.model, {}
-        x = model._process_input(x)
-        x = torch.cat([model.class_token.expand(len(x), -1, -1), x], dim=1) + model.encoder.pos_embedding
-        for i, layer in enumerate(model.encoder.layers[: max(indices) + 1]):
+        x, outputs = self.embed(x), {}
+        for i, layer in enumerate(self.layers()[: max(indices) + 1]):
             x = layer(x)
             if i in indices:
-                y = model.encoder.ln(x) if self.final_norm else x
-                outputs[i] = pool_tokens(y[:, :1], y[:, 1:])
+                y = self.norm(x) if self.final_norm else x
+                outputs[i] = pool_tokens(y[:, : self.prefix], y[:, self.prefix:])
         return outputs
+
+
+class TorchvisionViT(LoopedViT):
+    def __init__(self, model, final_norm: bool):
+        super().__init__(model, final_norm, "encoder.layers")
+
+    def layers(self):
+        return self.model.encoder.layers
+
+    def embed(self, x):
+        x = self.model._process_input(x)
+        return torch.cat([self.model.class_token.expand(len(x), -1, -1), x], dim=1) + self.model.encoder.pos_embedding
+
+    def norm(self, x):
+        return self.model.encoder.ln(x)
 
 
 class TorchvisionCNN(Backbone):
@@ -131,25 +147,18 @@ def create_torchhub(arg: str, weights: str | None, final_norm: bool) -> Backbone
     return HubViT(model, final_norm)
 
 
-class HubViT(Backbone):
+class HubViT(LoopedViT):
     """DINOv2-style hub ViT: CLS, optional register tokens, then patch tokens."""
 
-    poolings = ("cls", "mean", "tokens")
-
     def __init__(self, model, final_norm: bool):
-        super().__init__()
-        self.model = model.eval().requires_grad_(False)
-        self.final_norm = final_norm
+        super().__init__(model, final_norm, "blocks")
         self.prefix = 1 + int(getattr(model, "num_register_tokens", 0))
-        self.block_names = [f"blocks.{i}" for i in range(len(model.blocks))]
-        self.input_size = 224
-        self.interpolation = "bicubic"
 
-    def _block_outputs(self, x, indices):
-        x, outputs = self.model.prepare_tokens_with_masks(x), {}
-        for i, block in enumerate(self.model.blocks[: max(indices) + 1]):
-            x = block(x)
-            if i in indices:
-                y = self.model.norm(x) if self.final_norm else x
-                outputs[i] = pool_tokens(y[:, : self.prefix], y[:, self.prefix:])
-        return outputs
+    def layers(self):
+        return self.model.blocks
+
+    def embed(self, x):
+        return self.model.prepare_tokens_with_masks(x)
+
+    def norm(self, x):
+        return self.model.norm(x)
