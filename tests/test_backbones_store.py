@@ -35,15 +35,16 @@ def test_stopping_after_the_last_requested_block_matches_the_full_pass():
     assert torch.allclose(early[(3, "cls")], full[(3, "cls")]) and torch.allclose(early[(3, "mean")], full[(3, "mean")])
 
 
-def test_mim_refiner_fails_clearly_until_implemented():
-    with pytest.raises(MimprobeError, match="not implemented yet"):
-        create_backbone("mim_refiner:mae_refined_l16")
+def test_mim_refiner_without_local_weights_file_fails_clearly(tmp_path):
+    with pytest.raises(MimprobeError, match="does not exist. Set `weights:` of this backbone"):
+        create_backbone("mim_refiner:mae_refined_l16", weights=str(tmp_path / "maerefined_l16.th"))
 
 
-def test_store_holds_exactly_the_directly_computed_features(tmp_path):
+@pytest.mark.parametrize("model", ["random:vit_tiny_patch16_224", "mim_refiner:debug"])
+def test_store_holds_exactly_the_directly_computed_features(tmp_path, model):
     config = validate_config({
         "datasets": {"digits": {"kind": "digits", "shard_size": 16, "limit": {"train": 32, "test": 16}}},
-        "backbones": {"vit": {"model": "random:vit_tiny_patch16_224", "batch_size": 5}},
+        "backbones": {"vit": {"model": model, "batch_size": 5}},
         "features": {"blocks": [1, -1], "pooling": ["cls", "mean"]},
     })
     meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
@@ -58,10 +59,24 @@ def test_store_holds_exactly_the_directly_computed_features(tmp_path):
     assert verify_store(store, flags)["chunks"] == 3
     root = open_store(store)
     images = read_shard(tmp_path / "shards/train-0001.npz")["images"]
-    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
-    direct = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), [1, 11], ["cls", "mean"])
+    backbone = create_backbone(model, seed=0)
+    last = len(backbone.block_names) - 1
+    direct = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), [1, last], ["cls", "mean"])
     for (block, pooling), values in direct.items():
         stored = read_features(root, "train", pooling, block)[16:32]
         assert np.array_equal(stored, values.numpy().astype(np.float16).astype(np.float32))
     assert root["train/labels"][:].tolist() == np.concatenate(
         [read_shard(tmp_path / f"shards/train-000{i}.npz")["labels"] for i in range(2)]).tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_bf16_features_are_close_to_fp32_cpu(tmp_path):
+    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
+    images = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    cpu = backbone.forward_blocks(backbone.preprocess(images), [5, 11], ["cls", "mean"])
+    gpu_backbone = backbone.to("cuda", torch.bfloat16)
+    with torch.inference_mode():
+        gpu = gpu_backbone.forward_blocks(gpu_backbone.preprocess(images.cuda()).bfloat16(), [5, 11], ["cls", "mean"])
+    for key, expected in cpu.items():
+        cosine = torch.nn.functional.cosine_similarity(gpu[key].float().cpu(), expected, dim=1)
+        assert cosine.min() > 0.99, key

@@ -81,11 +81,13 @@ def test_full_study_plans_offline_and_mim_refiner_fails_clearly(tmp_path):
     config = REPO / "config" / "config.yaml"
     jobs = planned_jobs(tmp_path, config)
     assert jobs["embed_chunk"] == 60 and jobs["prepare_shards"] == 1  # 50 + 10 shards of 1,000
-    refiner_only = tiny_config(backbones={"refined": {"model": "mim_refiner:mae_refined_l16"}})
+    # A node without internet points `weights:` at a local file; a wrong path fails with the fix.
+    missing = str(tmp_path / "absent" / "maerefined_l16.th")
+    refiner_only = tiny_config(backbones={"refined": {"model": "mim_refiner:mae_refined_l16", "weights": missing}})
     result = run_snakemake(tmp_path, refiner_only, check=False)
     assert result.returncode != 0
     log = (tmp_path / "logs/init_store/refined/digits.log").read_text()
-    assert "not implemented yet" in log
+    assert f"weights file {missing} does not exist" in log and "backbones.<name>.weights" in log
 
 
 def test_two_runs_with_the_same_seed_give_identical_metrics(finished_run, tmp_path):

@@ -31,7 +31,8 @@ def cmd_init_store(args):
 def cmd_embed_chunk(args):
     from .extract import embed_chunk
 
-    record = embed_chunk(args.store, args.shard, args.meta, args.flag, args.backbone, args.features, args.seed)
+    record = embed_chunk(args.store, args.shard, args.meta, args.flag, args.backbone, args.features, args.seed,
+                         args.threads)
     print(f"{record['shard']}: {record['stop'] - record['start']} images on {record['device']} "
           f"({record['images_per_second']} img/s)")
 
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "embed-chunk":
             p.add_argument("--shard", required=True)
             p.add_argument("--flag", required=True, help="flag file written once the region is verified")
+            p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
         p.set_defaults(run=func)
 
     p = verbs.add_parser("check-store", help="re-verify every chunk region of a store")

@@ -27,6 +27,7 @@ rule embed_chunk:
         backbone=backbone_config,
         features=features_config,
         seed=config["seed"],
+    threads: 4
     resources:
         gpu=1,
     log:
@@ -36,7 +37,7 @@ rule embed_chunk:
     shell:
         "mimprobe embed-chunk --store {params.store} --meta {input.meta} --shard {params.shard}"
         " --flag {output.flag} --backbone {params.backbone:q} --features {params.features:q}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --seed {params.seed} --threads {threads} > {log} 2>&1"
 
 
 rule check_store:

@@ -6,7 +6,6 @@ from ..errors import ConfigError, MimprobeError
 from .base import POOLINGS, Backbone
 
 KINDS = ("effnet_lite0", "pixels", "random", "timm", "torchvision", "torchhub", "mim_refiner")
-NOT_YET = ("torchvision", "torchhub", "mim_refiner")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -19,8 +18,16 @@ def check_model_spec(spec: str) -> None:
     kind, arg = parse_spec(spec)
     if kind not in KINDS:
         raise ConfigError(f"unknown backbone kind {kind!r} in {spec!r}; use one of {', '.join(KINDS)}")
-    if kind in ("random", "timm", "torchvision", "mim_refiner") and not arg:
+    if kind in ("random", "timm", "torchvision", "torchhub", "mim_refiner") and not arg:
         raise ConfigError(f"{spec!r} needs a model name after '{kind}:'")
+    if kind == "mim_refiner":
+        from .mim_refiner import check_entry
+
+        check_entry(arg)
+    if kind == "torchhub":
+        from .hub_models import parse_hub_spec
+
+        parse_hub_spec(arg)
     if kind in ("random", "timm"):
         import timm
 
@@ -47,10 +54,17 @@ def create_backbone(spec: str, weights: str | None = None, final_norm: bool = Fa
         overlay = {"file": weights} if weights else None
         model = timm.create_model(arg, pretrained=True, pretrained_cfg_overlay=overlay)
         return wrap_timm_model(model, final_norm)
-    raise MimprobeError(
-        f"backbone {spec!r}: kind {kind!r} is not implemented yet (see the backbones issue). "
-        "Use effnet_lite0, pixels, random:<arch> or timm:<name> for now."
-    )
+    if kind == "mim_refiner":
+        from .mim_refiner import create_refiner
+
+        return create_refiner(arg, weights, final_norm, seed)
+    if kind == "torchvision":
+        from .hub_models import create_torchvision
+
+        return create_torchvision(arg, weights, final_norm)
+    from .hub_models import create_torchhub
+
+    return create_torchhub(arg, weights, final_norm)
 
 
 def load_effnet_lite0(weights: str | None = None):

@@ -1,0 +1,200 @@
+"""Extraction throughput: our shard -> Zarr path against timm's plain forward and the notebook's way.
+
+    PYTHONPATH=workflow python workflow/bench/extract_throughput.py            # CPU: vit_tiny, 512 images
+    PYTHONPATH=workflow python workflow/bench/extract_throughput.py --model random:vit_large_patch16_224 \\
+        --images 8192 --batch-size 256                                         # GPU: ViT-L/16, bf16
+
+Same images for every path (CIFAR-10 JPEG subset if present, else synthetic uint8), same model,
+batch size and dtype (bf16 on GPU, fp32 on CPU). Writes results/bench/extract_throughput.json.
+- ours_img_s: shard file in -> every requested block, pooled, fp16 -> Zarr region on disk, verified
+  (mimprobe.extract.embed_chunk, timed per shard; the model is built once, outside the timing).
+- timm_forward_img_s: model(x) on already-normalised device tensors, features discarded.
+- seed_path_img_s: PIL per image, torchvision ToTensor/Resize/CenterCrop/Normalize, fp32, batch 1,
+  forward_features(...).tolist() and a JSON dump (a small subset: it is slow).
+- ceiling_img_s (GPU): a measured bf16 matmul rate / the model's FLOPs per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mimprobe.backbones import create_backbone
+from mimprobe.config import validate_config
+
+JPEG_SUBSET = Path("/work/shared/data/cifar10-jpeg-subset.npz")
+
+
+def load_images(count: int) -> tuple[np.ndarray, str]:
+    if JPEG_SUBSET.is_file():
+        with np.load(JPEG_SUBSET) as data:
+            images = data["x_train"]
+        reps = -(-count // len(images))
+        return np.concatenate([images] * reps)[:count], str(JPEG_SUBSET)
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), "synthetic uint8"
+
+
+def write_shards(folder: Path, images: np.ndarray, shard_size: int) -> Path:
+    """Shards and meta.json in the workflow's own format (one 'train' split)."""
+    from mimprobe.atomic import sha256_file, write_json
+    from mimprobe.shards import write_shard
+
+    meta = {"shard_size": shard_size, "image_shape": list(images.shape[1:]),
+            "splits": {"train": {"count": len(images)}, "test": {"count": 0}}, "shards": {}}
+    for i, lo in enumerate(range(0, len(images), shard_size)):
+        hi = min(lo + shard_size, len(images))
+        path = folder / f"train-{i:04d}.npz"
+        write_shard(path, images[lo:hi], np.zeros(hi - lo, np.int64), None, np.arange(lo, hi))
+        meta["shards"][path.stem] = {"start": lo, "stop": hi, "sha256": sha256_file(path)}
+    write_json(folder / "meta.json", meta)
+    return folder / "meta.json"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_ours(backbone, images, args, device) -> float:
+    from mimprobe import extract
+
+    config = validate_config({
+        "datasets": {"bench": {"kind": "digits"}},
+        "backbones": {"bench": {"model": args.model, "batch_size": args.batch_size}},
+        "features": {"blocks": args.blocks, "pooling": args.pooling, "device": str(device)},
+    })
+    backbone_cfg, features = config["backbones"]["bench"], config["features"]
+    extract.build = lambda *a, **k: backbone  # built once; embed_chunk moves it to the device and dtype
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        folder = Path(tmp)
+        meta = write_shards(folder, images, args.shard_size)
+        store = folder / "bench.zarr"
+        extract.init_store(store, meta, backbone_cfg, features, 0)
+        names = sorted(p.stem for p in folder.glob("train-*.npz"))
+        extract.embed_chunk(store, folder / f"{names[0]}.npz", meta, folder / "warm.json", backbone_cfg, features,
+                            0, args.threads)  # warm-up: kernels, allocator, page cache
+        began = time.perf_counter()
+        for name in names:
+            extract.embed_chunk(store, folder / f"{name}.npz", meta, folder / f"{name}.json", backbone_cfg,
+                                features, 0, args.threads)
+        seconds = time.perf_counter() - began
+    return len(images) / seconds
+
+
+@torch.inference_mode()
+def bench_timm_forward(model, images, args, device, dtype, preprocess) -> float:
+    batches = [preprocess(torch.from_numpy(images[i:i + args.batch_size]).to(device)).to(dtype).contiguous()
+               for i in range(0, len(images), args.batch_size)]
+    model(batches[0])
+    sync(device)
+    began = time.perf_counter()
+    for x in batches:
+        model(x)
+    sync(device)
+    return len(images) / (time.perf_counter() - began)
+
+
+@torch.inference_mode()
+def bench_seed_path(model, images, size: int, mean, std, tmp: Path) -> float:
+    from PIL import Image
+    from torchvision import transforms
+
+    transform = transforms.Compose([
+        transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])
+    model = model.float().cpu()
+    getattr(model, "forward_features", model)(transform(Image.fromarray(images[0])).unsqueeze(0))  # warm-up
+    began = time.perf_counter()
+    rows = []
+    for image in images:
+        x = transform(Image.fromarray(image)).unsqueeze(0)
+        rows.append(getattr(model, "forward_features", model)(x).flatten().tolist())
+    (tmp / "seed_features.json").write_text(json.dumps(rows))
+    return len(images) / (time.perf_counter() - began)
+
+
+def ceiling(model, size: int, device) -> dict:
+    """A measured bf16 matmul rate divided by the model's FLOPs per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, size, size, device=device, dtype=next(model.parameters()).dtype))
+    flops = counter.get_total_flops()
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    a @ a
+    sync(device)
+    began, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ a
+    sync(device)
+    rate = reps * 2 * 8192**3 / (time.perf_counter() - began)
+    return {"gflop_per_image": round(flops / 1e9, 2), "matmul_tflop_s": round(rate / 1e12, 1),
+            "ceiling_img_s": round(rate / flops, 1)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random:vit_tiny_patch16_224")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--seed-images", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=None, help="default: all images in one shard if ≤ 2048")
+    parser.add_argument("--blocks", default="all", help="'all' or comma-separated indices")
+    parser.add_argument("--pooling", default="cls,mean")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tmp", default=None, help="where the shards and store are written (default: system temp)")
+    parser.add_argument("--out", default="results/bench/extract_throughput.json")
+    args = parser.parse_args(argv)
+    args.blocks = "all" if args.blocks == "all" else [int(b) for b in args.blocks.split(",")]
+    args.pooling = args.pooling.split(",")
+    args.shard_size = args.shard_size or min(len(range(args.images)), 2048)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from mimprobe.extract import pick_device
+
+    device, lock = pick_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    images, source = load_images(args.images)
+    backbone = create_backbone(args.model, seed=0)
+    model = backbone.model.to(device=device, dtype=dtype)
+
+    result = {"model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+              else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+              "dtype": str(dtype).removeprefix("torch."), "batch_size": args.batch_size, "images": len(images),
+              "blocks": args.blocks, "pooling": args.pooling, "image_source": source}
+    result["timm_forward_img_s"] = round(bench_timm_forward(model, images, args, device, dtype,
+                                                             backbone.preprocess), 1)
+    result["ours_img_s"] = round(bench_ours(backbone, images, args, device), 1)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        result["seed_path_img_s"] = round(bench_seed_path(model, images[: args.seed_images], backbone.input_size,
+                                                          backbone.mean, backbone.std, Path(tmp)), 2)
+        result["seed_path_images"] = args.seed_images
+    if device.type == "cuda":
+        model = model.to(device=device, dtype=dtype)
+        result |= ceiling(model, backbone.input_size, device)
+    result["ours_vs_timm_forward"] = round(result["ours_img_s"] / result["timm_forward_img_s"], 3)
+    result["ours_vs_seed_path"] = round(result["ours_img_s"] / result["seed_path_img_s"], 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    width = max(map(len, result))
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value}")
+    print(f"wrote {out}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
