@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
 
+# The self-contained HTML report of the last `make demo` (every figure and table with captions).
+report-html: $(VENV)/.installed
+	$(BIN)/snakemake --cores 1 --configfile $(or $(CONFIG),config/demo.yaml) --report results/report/report.html
+	@echo "Open results/report/report.html in a browser."
+
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n
 

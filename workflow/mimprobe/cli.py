@@ -62,7 +62,7 @@ def cmd_probe(args):
 def cmd_report(args):
     from .report import write_report
 
-    table = write_report(args.probe_jsons, args.out_dir)
+    table = write_report(args.probe_jsons, args.out_dir, args.embeddings)
     print(f"wrote {args.out_dir}/metrics.csv ({len(table)} rows), metrics.md and plots/")
 
 
@@ -125,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--embeddings", default="results/embeddings", help="feature stores, for the PCA map")
     p.add_argument("probe_jsons", nargs="+")
     p.set_defaults(run=cmd_report)
 

@@ -84,8 +84,4 @@ def probe_outputs():
 
 
 def final_outputs():
-    return [
-        "results/report/metrics.csv",
-        "results/report/metrics.md",
-        "results/report/plots/accuracy_per_block.png",
-    ]
+    return list(rules.report.output)  # the table, the summary and every plot
