@@ -145,16 +145,13 @@ def probabilities(run: Run, record: dict, features: np.ndarray) -> np.ndarray:
     return linear_probabilities(head, features)
 
 
-def load_images(paths: list[str], size: int) -> np.ndarray:
-    """Every image checked before any model is loaded, so a bad path fails in a second."""
-    return np.stack([to_square_uint8(open_image(path), size) for path in paths])
-
-
 def predict(paths: list[str], backbone: str, probe: str, results="results", block=None, pooling=None,
             dataset=None, config_path=None) -> list[dict]:
+    opened = [open_image(path) for path in paths]  # a bad image fails before anything heavy loads
     run = find_run(results, backbone, probe, dataset)
     record = choose_record(run, block, pooling)
-    images = load_images(paths, int(run.meta["image_shape"][0]))
+    size = int(run.meta["image_shape"][0])
+    images = np.stack([to_square_uint8(image, size) for image in opened])
     features = embed_images(run, images, record["block"], record["pooling"], config_path)
     probs = probabilities(run, record, features)
     names = run.meta["class_names"]
