@@ -60,27 +60,28 @@ def plot_accuracy_per_block(table: pd.DataFrame, colours: dict, out_png: Path) -
     """The MIM-Refiner figure: test accuracy per block, a panel per dataset x probe family."""
     plt = _plt()
     rows = one_setting_per_block(table)
-    datasets, probes = sorted(rows.dataset.unique()), sorted(rows.probe.unique())
-    fig, axes = plt.subplots(len(datasets), len(probes), figsize=(4.2 * len(probes), 3.4 * len(datasets)),
-                             squeeze=False)
-    for i, dataset in enumerate(datasets):
-        for j, probe in enumerate(probes):
-            ax = axes[i][j]
-            panel = rows[(rows.dataset == dataset) & (rows.probe == probe)]
-            for (backbone, pooling), group in panel.groupby(["backbone", "pooling"]):
-                group = group.sort_values("block")
-                label = f"{backbone} ({pooling})"
-                style = dict(color=colours[backbone], linestyle=LINESTYLES.get(pooling, "-"))
-                if len(group) == 1 and panel.block.nunique() > 1:  # a one-block baseline: a level line
-                    ax.axhline(100 * group.value.iloc[0], label=label + " baseline", alpha=0.8, **style)
-                    continue
-                ax.errorbar(group.block, 100 * group.value, yerr=_ci(group), fmt="o", capsize=2, ms=4,
-                            label=label, **style)
-            metric = panel.metric.iloc[0] if len(panel) else "top1"
-            ax.set(title=f"{dataset} · {probe}", xlabel="block index", ylabel=f"test {metric} (%)")
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+    panels = sorted(rows.groupby(["dataset", "probe"]).groups)
+    ncols = min(4, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (dataset, probe) in zip(axes.flat, panels):
+        panel = rows[(rows.dataset == dataset) & (rows.probe == probe)]
+        for (backbone, pooling), group in panel.groupby(["backbone", "pooling"]):
+            group = group.sort_values("block")
+            label = f"{backbone} ({pooling})"
+            style = dict(color=colours[backbone], linestyle=LINESTYLES.get(pooling, "-"))
+            if len(group) == 1 and panel.block.nunique() > 1:  # a one-block baseline: a level line
+                ax.axhline(100 * group.value.iloc[0], label=label + " baseline", alpha=0.8, **style)
+                continue
+            ax.errorbar(group.block, 100 * group.value, yerr=_ci(group), fmt="o", capsize=2, ms=4,
+                        label=label, **style)
+        metric = panel.metric.iloc[0] if len(panel) else "top1"
+        ax.set(title=f"{dataset} · {probe}", xlabel="block index", ylabel=f"test {metric} (%)")
+        ax.set_xticks(sorted(panel.block.unique()))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Test accuracy per block (setting chosen on validation; bars: 95% CI)")
     fig.tight_layout()
     save(fig, out_png)
