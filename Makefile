@@ -15,7 +15,7 @@ $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --show-failed-logs
 	@echo "Report: results/report/metrics.md (table), results/report/metrics.csv, results/report/plots/"
 
 test: $(VENV)/.installed
