@@ -280,7 +280,10 @@ def plot_feature_map(table: pd.DataFrame, embeddings: Path, class_names: dict, o
         rows = np.arange(len(labels))
         if len(rows) > MAX_MAP_POINTS:
             rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_MAP_POINTS, replace=False))
-        points, explained = pca_2d(read_features(root, "test", row.pooling, row.block, rows))
+        features = read_features(root, "test", row.pooling, row.block, rows)
+        if features.ndim == 3:  # a token grid (attentive probe): map the mean token
+            features = features.mean(1)
+        points, explained = pca_2d(features)
         names = class_names[row.dataset]
         cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "turbo")
         colour = labels[rows] / max(1, len(names) - 1) if len(names) > 20 else labels[rows] % cmap.N
