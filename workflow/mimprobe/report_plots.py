@@ -68,6 +68,7 @@ def plot_accuracy_per_block(table: pd.DataFrame, colours: dict, out_png: Path) -
         ax.axis("off")
     for ax, (dataset, probe) in zip(axes.flat, panels):
         panel = rows[(rows.dataset == dataset) & (rows.probe == probe)]
+        ticks = set()
         for (backbone, pooling), group in panel.groupby(["backbone", "pooling"]):
             group = group.sort_values("block")
             label = f"{backbone} ({pooling})"
@@ -77,9 +78,10 @@ def plot_accuracy_per_block(table: pd.DataFrame, colours: dict, out_png: Path) -
                 continue
             ax.errorbar(group.block, 100 * group.value, yerr=_ci(group), fmt="o", capsize=2, ms=4,
                         label=label, **style)
+            ticks.update(group.block)
         metric = panel.metric.iloc[0] if len(panel) else "top1"
         ax.set(title=f"{dataset} · {probe}", xlabel="block index", ylabel=f"test {metric} (%)")
-        ax.set_xticks(sorted(panel.block.unique()))
+        ax.set_xticks(sorted(ticks or set(panel.block)))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle("Test accuracy per block (setting chosen on validation; bars: 95% CI)")
