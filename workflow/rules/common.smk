@@ -13,9 +13,10 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 
-# Image folders are checked image by image (headers only) before any job runs.
+# Image folders are checked image by image (headers only) before any job runs; cluster jobs,
+# which re-read this file, skip it.
 for _name, _dataset in config["datasets"].items():
-    if _dataset["kind"] == "imagefolder":
+    if _dataset["kind"] == "imagefolder" and workflow.is_main_process:
         from mimprobe.errors import DataError
         from mimprobe.imagefolder import check_image_folder
 
