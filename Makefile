@@ -15,11 +15,16 @@ $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --show-failed-logs
 	@echo "Report: results/report/metrics.md (table), results/report/metrics.csv, results/report/plots/"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
+
+# The self-contained HTML report of the last `make demo` (every figure and table with captions).
+report-html: $(VENV)/.installed
+	$(BIN)/snakemake --cores 1 --configfile $(or $(CONFIG),config/demo.yaml) --report results/report/report.html
+	@echo "Open results/report/report.html in a browser."
 
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n

@@ -63,8 +63,16 @@ def cmd_probe(args):
 def cmd_report(args):
     from .report import write_report
 
-    table = write_report(args.probe_jsons, args.out_dir)
+    table = write_report(args.probe_jsons, args.out_dir, args.embeddings)
     print(f"wrote {args.out_dir}/metrics.csv ({len(table)} rows), metrics.md and plots/")
+
+
+def cmd_predict(args):
+    from .predict import format_predictions, predict
+
+    predictions = predict(args.images, args.backbone, args.probe, args.results, args.block, args.pooling,
+                          args.dataset, args.config)
+    print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
 
 
 def cmd_validate_config(args):
@@ -119,8 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--embeddings", default="results/embeddings", help="feature stores, for the PCA map")
     p.add_argument("probe_jsons", nargs="+")
     p.set_defaults(run=cmd_report)
+
+    p = verbs.add_parser("predict", help="top-5 classes of new images from a finished run's backbone and head")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--backbone", required=True, help="backbone name as in the config / results/probes/")
+    p.add_argument("--probe", required=True, help="probe family whose head to use (linear, knn, ...)")
+    p.add_argument("--block", type=int, help="stored block index (default: the best on validation)")
+    p.add_argument("--pooling", help="cls, mean or flat (default: the best on validation)")
+    p.add_argument("--dataset", help="needed only when the backbone was probed on several datasets")
+    p.add_argument("--results", default="results", help="the run's results folder")
+    p.add_argument("--config", help="the run's config, for local backbone weights (optional)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=cmd_predict)
 
     p = verbs.add_parser("validate-config", help="check a config file against the schema")
     p.add_argument("config")

@@ -13,6 +13,18 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 
+# Image folders are checked image by image (headers only) before any job runs; cluster jobs,
+# which re-read this file, skip it.
+for _name, _dataset in config["datasets"].items():
+    if _dataset["kind"] == "imagefolder" and workflow.is_main_process:
+        from mimprobe.errors import DataError
+        from mimprobe.imagefolder import check_image_folder
+
+        try:
+            check_image_folder(_dataset["root"])
+        except DataError as err:
+            raise WorkflowError(f"Dataset {_name} (config key datasets.{_name}.root): {err}") from None
+
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
 SHARDS = {name: shard_names(dataset) for name, dataset in config["datasets"].items()}
@@ -73,8 +85,4 @@ def probe_outputs():
 
 
 def final_outputs():
-    return [
-        "results/report/metrics.csv",
-        "results/report/metrics.md",
-        "results/report/plots/accuracy_per_block.png",
-    ]
+    return list(rules.report.output)  # the table, the summary and every plot

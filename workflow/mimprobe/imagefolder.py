@@ -1,0 +1,155 @@
+"""Bring your own images: `root/{train,test}/<class>/<image>` of any size and mode -> RawDataset.
+
+Problems (a test class missing from train, an empty class, an unreadable or oversized image) are
+collected and reported together, by name, so one run of `snakemake -n` lists everything to fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .datasets import RawDataset, SplitArrays
+from .errors import DataError
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+# Decompression-bomb guard: a small file can claim billions of pixels. 50 MP covers any photo.
+MAX_PIXELS = 50_000_000
+
+
+def _pil():
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL itself refuses images over twice this
+    return Image
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
+    """Open and decode one image as RGB, or raise DataError saying what is wrong and what to do."""
+    Image = _pil()
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file. Check the path.")
+    try:
+        image = Image.open(path)
+        width, height = image.size
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: claims more than {2 * max_pixels:,} pixels (decompression-bomb guard). "
+                        "Downscale it before use.") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for non-images
+        raise DataError(f"{path}: not an image PIL can read ({type(err).__name__}). "
+                        "Pass a PNG, JPEG or other common image file.") from None
+    if width * height > max_pixels:
+        raise DataError(f"{path}: {width}x{height} = {width * height:,} pixels is over the safety cap of "
+                        f"{max_pixels:,} (decompression-bomb guard). Downscale it before use.")
+    try:
+        return image.convert("RGB")
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt data shows up only when decoding
+        raise DataError(f"{path}: the image data cannot be decoded ({err}). Replace or remove the file.") from None
+
+
+def to_square_uint8(image, size: int) -> np.ndarray:
+    """Resize the shorter side to `size`, centre-crop to size x size: (size, size, 3) uint8.
+
+    Used both when sharding an image folder and by `mimprobe predict`, so a predicted image is
+    prepared exactly like the training images.
+    """
+    Image = _pil()
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_folders(split_dir: Path) -> dict[str, Path]:
+    return {p.name: p for p in sorted(split_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def list_image_folder(root: str | Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (sorted train folders) and (file, label) pairs per split; structural problems raise."""
+    root = Path(root)
+    missing = [s for s in SPLITS if not (root / s).is_dir()]
+    if missing:
+        raise DataError(f"image folder {root}: no {' or '.join(m + '/' for m in missing)} sub-folder. "
+                        "Lay it out as root/train/<class>/<image> and root/test/<class>/<image> "
+                        "(config key datasets.<name>.root).")
+    folders = {split: _class_folders(root / split) for split in SPLITS}
+    class_names = sorted(folders["train"])
+    problems = [f"class {name!r} is in test/ but not in train/" for name in sorted(folders["test"])
+                if name not in folders["train"]]
+    files = {}
+    for split in SPLITS:
+        files[split] = []
+        for name, folder in folders[split].items():
+            images = _image_files(folder)
+            if not images:
+                problems.append(f"{split}/{name}/ holds no images")
+            if name in class_names:
+                files[split] += [(path, class_names.index(name)) for path in images]
+    if not class_names:
+        problems.append("train/ has no class sub-folders")
+    if problems:
+        raise DataError(f"image folder {root}: {'; '.join(problems)}. Fix these, then rerun.")
+    return class_names, files
+
+
+def count_images(root: str | Path) -> dict[str, int]:
+    _, files = list_image_folder(root)
+    return {split: len(files[split]) for split in SPLITS}
+
+
+def check_image_folder(root: str | Path) -> dict[str, int]:
+    """Every structural problem and every unreadable or oversized image, reported together by name.
+
+    Reads only the image headers (cheap), so it can run when the DAG is built, before any job.
+    """
+    Image = _pil()
+    root = Path(root)
+    _, files = list_image_folder(root)
+    bad = []
+    for split in SPLITS:
+        for path, _ in files[split]:
+            try:
+                with Image.open(path) as image:
+                    width, height = image.size
+                if width * height > MAX_PIXELS:
+                    bad.append(f"{path.relative_to(root)} ({width}x{height} is over the {MAX_PIXELS:,}-pixel cap)")
+            except Exception as err:  # noqa: BLE001 - any open failure means unreadable
+                bad.append(f"{path.relative_to(root)} ({type(err).__name__})")
+    if bad:
+        shown = "; ".join(bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise DataError(f"image folder {root}: {len(bad)} unreadable image(s): {shown}. "
+                        "Replace or remove them, then rerun.")
+    return {split: len(files[split]) for split in SPLITS}
+
+
+def read_image_folder(root: str | Path, image_size: int) -> RawDataset:
+    """Decode every image to RGB, resize/crop to image_size: uint8 NHWC arrays per split."""
+    from tqdm import tqdm
+
+    class_names, files = list_image_folder(root)
+    splits, bad = {}, []
+    for split in SPLITS:
+        images = np.zeros((len(files[split]), image_size, image_size, 3), dtype=np.uint8)
+        labels = np.array([label for _, label in files[split]], dtype=np.int64)
+        progress = tqdm(files[split], desc=f"{split} images", unit="img", file=sys.stderr, mininterval=5,
+                        ascii=True)
+        for i, (path, _) in enumerate(progress):
+            try:
+                images[i] = to_square_uint8(open_image(path), image_size)
+            except DataError as err:
+                bad.append(str(err))
+        splits[split] = SplitArrays(images, labels)
+    if bad:
+        raise DataError(f"image folder {root}: {len(bad)} unreadable image(s): {'; '.join(bad[:10])}")
+    return RawDataset(splits["train"], splits["test"], class_names)
