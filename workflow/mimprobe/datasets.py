@@ -149,6 +149,10 @@ def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
             meta = _unpickle_py2(
                 _safe_member(tar, f"{spec['folder']}/{spec['meta']}", archive), spec["meta"], archive
             )
+            # tarfile stops at the end-of-archive blocks and never reads the gzip trailer, so a
+            # damaged image byte would pass unnoticed: read to the end to have the CRC checked.
+            while tar.fileobj.read(1 << 20):
+                pass
         except (tarfile.TarError, EOFError, OSError, __import__("zlib").error) as err:
             raise DataError(f"{archive}: truncated or corrupt archive ({err}). Download it again.") from err
     if kind == "cifar100":
