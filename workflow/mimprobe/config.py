@@ -14,6 +14,7 @@ from .errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
 SPLITS = ("train", "test")
+MAX_SHARDS_PER_SPLIT = 10_000  # one Snakemake job each: beyond this the DAG itself becomes the bottleneck
 
 
 def _with_defaults(validator_class):
@@ -59,6 +60,7 @@ def _check_semantics(config: dict) -> None:
             raise ConfigError(f"config key datasets.{name}.root: kind imagefolder needs a root folder.")
         if dataset["kind"] not in ("cifar100", "cifar10") and dataset.get("archive"):
             raise ConfigError(f"config key datasets.{name}.archive: only cifar100/cifar10 read archives.")
+        _check_shard_size(name, dataset)
     for name, backbone in config["backbones"].items():
         try:
             check_model_spec(backbone["model"])
@@ -70,6 +72,57 @@ def _check_semantics(config: dict) -> None:
     blocks = config["features"]["blocks"]
     if isinstance(blocks, str) and blocks != "all":
         raise ConfigError("config key features.blocks: use 'all' or a list of block indices.")
+    for name, backbone in config["backbones"].items():
+        _check_blocks_exist(name, backbone["model"], blocks)
+
+
+def _check_shard_size(name: str, dataset: dict) -> None:
+    """Shards are jobs and Zarr chunks: an integer count of images, and not absurdly many."""
+    key = f"config key datasets.{name}.shard_size"
+    size = dataset["shard_size"]
+    if type(size) is not int:  # JSON schema accepts 64.0 as an integer
+        raise ConfigError(f"{key}: {size!r} is not a whole number of images; write it without a decimal point.")
+    if dataset["kind"] not in BUILTIN_SPLIT_SIZES:
+        return  # image folders are counted when the DAG is built
+    for split, count in split_sizes(dataset).items():
+        if shard_count(count, size) > MAX_SHARDS_PER_SPLIT:
+            raise ConfigError(
+                f"{key}: {size} gives {shard_count(count, size)} shards (jobs) for the {count} {split} images; "
+                f"use at least {math.ceil(count / MAX_SHARDS_PER_SPLIT)}."
+            )
+
+
+def static_backbone(model_spec: str):
+    """The backbone's block layout without weights or memory: timm models built on the meta device.
+
+    Returns None for kinds whose architecture is only known once loaded (checked when the job runs).
+    """
+    from .backbones import parse_spec
+
+    kind, arg = parse_spec(model_spec)
+    arch = {"effnet_lite0": "tf_efficientnet_lite0", "random": arg, "timm": arg}.get(kind)
+    if arch is None:
+        return None
+    import timm
+    import torch
+
+    from .backbones.timm_models import wrap_timm_model
+
+    try:
+        with torch.device("meta"):
+            return wrap_timm_model(timm.create_model(arch, pretrained=False))
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when it runs
+        return None
+
+
+def _check_blocks_exist(name: str, model_spec: str, blocks) -> None:
+    backbone = static_backbone(model_spec)
+    if backbone is None or blocks == "all":
+        return
+    try:
+        backbone.resolve_blocks(blocks)
+    except IndexError as err:
+        raise ConfigError(f"config key features.blocks: backbones.{name} ({model_spec}): {err}.") from None
 
 
 def load_config(path: str | Path) -> dict:

@@ -76,6 +76,24 @@ def _unpickle_py2(blob: bytes, member: str, archive: Path) -> dict:
     return {_text(key): value for key, value in raw.items()}
 
 
+def refuse_escaping_members(tar: tarfile.TarFile, archive: Path) -> None:
+    """Refuse an archive any of whose members would land outside a target folder if extracted:
+    absolute paths, '..' components, links and special files (we read members, never extract,
+    but such an archive is not an official one and nothing in it is trusted)."""
+    for info in tar.getmembers():
+        name = info.name.replace("\\", "/")
+        if name.startswith("/") or (len(name) > 1 and name[1] == ":") or ".." in name.split("/"):
+            raise DataError(
+                f"{archive}: member {info.name!r} points outside the archive's folder (absolute path or "
+                "'..'); refusing the archive. Download the official archive again."
+            )
+        if not (info.isfile() or info.isdir()):
+            raise DataError(
+                f"{archive}: member {info.name!r} is a link or special file; refusing the archive. "
+                "Download the official archive again."
+            )
+
+
 def _safe_member(tar: tarfile.TarFile, name: str, archive: Path):
     try:
         info = tar.getmember(name)
@@ -114,6 +132,7 @@ def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
         raise DataError(f"{archive}: not a readable tar archive ({err}). Download it again.") from err
     with tar:
         try:
+            refuse_escaping_members(tar, archive)
             splits = {}
             for split in ("train", "test"):
                 parts = [
@@ -130,6 +149,10 @@ def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
             meta = _unpickle_py2(
                 _safe_member(tar, f"{spec['folder']}/{spec['meta']}", archive), spec["meta"], archive
             )
+            # tarfile stops at the end-of-archive blocks and never reads the gzip trailer, so a
+            # damaged image byte would pass unnoticed: read to the end to have the CRC checked.
+            while tar.fileobj.read(1 << 20):
+                pass
         except (tarfile.TarError, EOFError, OSError, __import__("zlib").error) as err:
             raise DataError(f"{archive}: truncated or corrupt archive ({err}). Download it again.") from err
     if kind == "cifar100":

@@ -12,6 +12,7 @@ import torch
 from .atomic import write_json
 from .backbones import Backbone, create_backbone
 from .errors import MimprobeError
+from .faults import pause_mid_write
 from .shards import read_meta, read_shard
 from .store import create_store, feature_keys, open_store, write_region
 
@@ -188,13 +189,15 @@ def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict
             device_lock.close()
     if non_finite:
         block, pooling = sorted(non_finite)[0]
+        weights = backbone_cfg.get("weights") or "its default weights"
         raise MimprobeError(
-            f"{shard_path}: backbone {backbone_cfg['model']} produced NaN/Inf features in block "
-            f"{block} ({pooling}). Try fp32 (features.device: cpu) or check the weights."
+            f"{shard_path}: backbone {backbone_cfg['model']} ({weights}) produced NaN/Inf features in "
+            f"block {block} ({pooling}); nothing was written. Check the weights file, or try fp32 "
+            "(features.device: cpu)."
         )
     columns = {"labels": shard["labels"], "coarse_labels": shard["coarse_labels"]}
     columns |= {f"{pooling}/b{block:03d}": values for (block, pooling), values in outputs.items()}
-    checksums = write_region(root, split, info["start"], info["stop"], columns)
+    checksums = write_region(root, split, info["start"], info["stop"], columns, after_each=pause_mid_write)
     record = {
         "shard": shard_name, "split": split, "start": info["start"], "stop": info["stop"],
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 3),

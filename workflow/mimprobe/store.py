@@ -51,10 +51,33 @@ def create_store(path: str | Path, attrs: dict, split_counts: dict[str, int], sh
 
 
 def open_store(path: str | Path, mode: str = "r"):
+    """Open a store; read-only opens (check_store, probes) first require every chunk file to exist."""
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise DataError(f"{path}: no Zarr store here. Run the workflow to create it (rule init_store).")
-    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    if mode == "r":
+        require_chunk_files(root, path)
+    return root
+
+
+def require_chunk_files(root, path: Path) -> None:
+    """A chunk file deleted by hand would silently read back as fill values: refuse instead."""
+    shard_size = root.attrs["shard_size"]
+    for split, count in root.attrs["split_counts"].items():
+        for name in ["labels", "coarse_labels", *root.attrs["arrays"]]:
+            array = root[f"{split}/{name}"]
+            others = (0,) * (array.ndim - 1)
+            for index in range(-(-count // shard_size)):
+                chunk = path / array.path / array.metadata.encode_chunk_key((index, *others))
+                if not chunk.is_file():
+                    shard = f"{split}-{index:04d}"
+                    flags = path.with_name(path.name.removesuffix(".zarr") + ".chunks")
+                    raise DataError(
+                        f"{chunk}: store chunk file missing (deleted, or its job never finished). Delete "
+                        f"{flags / (shard + '.json')} and {path.with_suffix('.ok.json')}, then rerun snakemake "
+                        f"to re-embed shard {shard}."
+                    )
 
 
 def feature_keys(root) -> list[tuple[int, str]]:
@@ -71,17 +94,30 @@ def region_checksum(array, start: int, stop: int) -> str:
     return sha256_bytes(data.tobytes())
 
 
-def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray]) -> dict[str, str]:
+def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray],
+                 after_each=None) -> dict[str, str]:
     """Write one shard's rows into each named array, read them back, and return their checksums.
 
     Arrays are independent files, so they are written (and hashed) from a few threads at once.
+    `after_each(name)` runs after each array is written (the fault tests pause a job there).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     def write_one(name: str) -> str:
         values = columns[name]
-        array = root[f"{split}/{name}"]
+        # Every chunk gets a file, even one equal to the fill value (coarse labels of a dataset
+        # without them), so that a missing file always means a deleted or unwritten chunk.
+        array = root[f"{split}/{name}"].with_config({"write_empty_chunks": True})
+        rows = array.chunks[0]
+        if start % rows or (stop % rows and stop != array.shape[0]):
+            # Concurrent chunk jobs are safe only because no two of them share a Zarr chunk.
+            raise DataError(
+                f"store array {split}/{name} is chunked every {rows} rows but shard rows {start}:{stop} "
+                "do not fall on chunk boundaries. Delete the store and its .chunks/ flags and rerun."
+            )
         array[start:stop] = values
+        if after_each is not None:
+            after_each(name)
         stored = np.asarray(array[start:stop])
         if not np.array_equal(stored, values.astype(array.dtype, copy=False), equal_nan=True):
             raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
@@ -94,7 +130,13 @@ def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.
 def read_features(root, split: str, pooling: str, block: int, rows=None) -> np.ndarray:
     array = root[array_name(split, pooling, block)]
     data = array[:] if rows is None else array.get_orthogonal_selection((rows,))
-    return np.asarray(data, dtype=np.float32)
+    data = np.asarray(data, dtype=np.float32)
+    if not np.isfinite(data).all():  # e.g. a store modified after check_store verified it
+        raise DataError(
+            f"{root.store.root / array.path}: features hold NaN/Inf. Delete the store and its .chunks/ "
+            "and .ok.json files and rerun snakemake to re-embed."
+        )
+    return data
 
 
 def verify_store(store_path, flag_paths: list[str | Path]) -> dict:
