@@ -27,7 +27,7 @@ rule embed_chunk:
         backbone=backbone_config,
         features=features_config,
         seed=config["seed"],
-    threads: 4
+    threads: 1
     resources:
         gpu=1,
     log:
