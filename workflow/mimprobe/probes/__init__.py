@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-FAMILIES = ("knn", "linear")
+FAMILIES = ("knn", "linear", "logreg", "mlp", "svm", "fewshot", "kmeans", "attentive")
 
 
 def family_module(name: str):
