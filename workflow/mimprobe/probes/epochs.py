@@ -45,7 +45,7 @@ def train_epochs(model, splits, prepare, params: dict, seed: int):
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            loss_sum += float(loss) * len(rows)
+            loss_sum += float(loss.detach()) * len(rows)
             correct += int((logits.argmax(1) == y[rows]).sum())
         val_loss, val_top1 = _evaluate(model, splits.val.x, y_val, prepare)
         history.append({"epoch": epoch, "train_loss": loss_sum / len(x), "val_loss": val_loss,

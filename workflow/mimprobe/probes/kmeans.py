@@ -5,7 +5,7 @@ Features are standardised with the train mean/std and L2-normalised; k-means (sk
 (clusters matched one-to-one to classes by the Hungarian algorithm), NMI, AMI and ARI with
 bootstrap CIs. No hyper-parameters, so no validation scores.
 
-Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = argmax of normalise((x - mean) / std) · centroid.
+Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = nearest centroid to normalise((x - mean) / std).
 """
 
 from __future__ import annotations

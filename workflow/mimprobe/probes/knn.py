@@ -26,10 +26,11 @@ def _top_neighbours(query, bank, k: int, bank_chunk: int):
     """Top-k cosine similarities and bank rows, merging `bank_chunk` bank rows at a time."""
     best_sims = best_rows = None
     for start in range(0, len(bank), bank_chunk):
-        sims, rows = (query @ bank[start:start + bank_chunk].T).topk(min(k, len(bank) - start), dim=1)
+        part = bank[start:start + bank_chunk]
+        sims, rows = (query @ part.T).topk(min(k, len(part)), dim=1)
         if best_sims is not None:
             sims, rows = torch.cat([best_sims, sims], 1), torch.cat([best_rows, rows + start], 1)
-            sims, order = sims.topk(k, dim=1)
+            sims, order = sims.topk(min(k, sims.shape[1]), dim=1)
             rows = rows.gather(1, order)
         best_sims, best_rows = sims, rows
     return best_sims, best_rows

@@ -49,7 +49,7 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     from sklearn.decomposition import PCA
     from sklearn.svm import SVC
 
-    def reduce(split_x, rows, fitted=None):
+    def reduce(split_x, rows):
         x = split_x[rows]
         mean, std = x.mean(0), np.maximum(x.std(0), 1e-6)
         pca = PCA(min(params["pca_dim"], *x.shape), random_state=seed).fit((x - mean) / std)
@@ -61,7 +61,7 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     rows = _sample(len(splits.train.y), params["rbf_max_train"], seed)
     mean, std, pca = reduce(splits.train.x, rows)
     x, x_val = project(splits.train.x[rows], mean, std, pca), project(splits.val.x, mean, std, pca)
-    scale = 1.0 / (x.shape[1] * x.var())  # sklearn's gamma='scale'
+    scale = float(1.0 / (x.shape[1] * x.var()))  # sklearn's gamma='scale'
     validation, candidates = {}, []
     for c in params["rbf_c_values"]:
         for g in params["rbf_gamma_scales"]:
@@ -72,7 +72,7 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     rows = _sample(len(splits.train_all.y), params["rbf_max_train"], seed)
     mean, std, pca = reduce(splits.train_all.x, rows)
     x_all = project(splits.train_all.x[rows], mean, std, pca)
-    gamma = g / (x_all.shape[1] * x_all.var())
+    gamma = float(g / (x_all.shape[1] * x_all.var()))
     svc = SVC(C=c, gamma=gamma).fit(x_all, splits.train_all.y[rows])
     decision = svc.decision_function(project(splits.test.x, mean, std, pca))
     probs = np.zeros((len(decision), splits.num_classes), dtype=np.float32)
