@@ -57,4 +57,4 @@ def test_results_carry_histories_heads_and_predictions(all_probes_run):
         import numpy as np
 
         stored = np.load(handle)
-        assert stored["labels"].shape == (128,) and len(stored.files) == 1 + 2 * 2  # 2 blocks x 2 shots
+        assert stored["labels"].shape == (128,) and len(stored.files) == 1 + 4 * 2  # (2 blocks x cls, mean) x 2 shots

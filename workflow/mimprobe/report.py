@@ -89,7 +89,9 @@ def plot_accuracy_per_block(table: pd.DataFrame, out_png: str | Path) -> None:
             group = group.sort_values("block")
             style = "-o" if len(group) > 1 else "o"
             ax.errorbar(group.block, 100 * group.value,
-                        yerr=[100 * (group.value - group.ci_low), 100 * (group.ci_high - group.value)],
+                        # a percentile interval can exclude the point estimate (few resamples): clip
+                        yerr=[100 * (group.value - group.ci_low).clip(lower=0),
+                              100 * (group.ci_high - group.value).clip(lower=0)],
                         fmt=style, color=colours[backbone], label=f"{backbone} ({pooling})", capsize=3,
                         linestyle="--" if pooling == "mean" else "-")
         ax.set(title=f"{probe}: test top-1 per block", xlabel="block index", ylabel="top-1 (%)")
