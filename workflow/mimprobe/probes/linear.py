@@ -86,23 +86,28 @@ class Grid:
 
     def logits(self, z: dict) -> torch.Tensor:
         rows = next(iter(z.values())).shape[0]
-        out = self.bias[:, None, :].repeat(1, rows, 1)
+        out = self.bias[None].repeat(rows, 1, 1)
         for a in self.arrays:
             part = (z[a] @ self.weight[a].to(self.dtype)).float().view(rows, -1, self.classes)
-            out.index_add_(0, self.users[a], part.transpose(0, 1))
-        return out  # (heads, rows, classes)
+            out.index_add_(1, self.users[a], part)
+        return out  # (rows, heads, classes)
+
+    def _columns(self, per_head: torch.Tensor, a) -> torch.Tensor:
+        """The heads using array `a` (all of them needs no copy)."""
+        return per_head if len(self.users[a]) == per_head.shape[1] else per_head[:, self.users[a]]
 
     def step(self, z: dict, y: torch.Tensor, scale: float):
         """One SGD step of every head; returns per-head loss and correct count on this batch."""
         logits = self.logits(z)
         log_probs = logits.log_softmax(-1)
-        loss = -log_probs[:, torch.arange(len(y)), y].mean(1)
-        correct = (logits.argmax(-1) == y).sum(1)
+        rows = torch.arange(len(y))
+        true_class = log_probs[rows, :, y]
+        loss, correct = -true_class.mean(0), (true_class >= log_probs.amax(-1)).sum(0)
         grad = log_probs.exp_()
-        grad[:, torch.arange(len(y)), y] -= 1
+        grad[rows, :, y] -= 1
         grad /= len(y)
-        grads = {a: z[a].T @ grad[self.users[a]].transpose(0, 1).reshape(len(y), -1).to(self.dtype)
-                 for a in self.arrays} | {"bias": grad.sum(1)}
+        low = grad.to(self.dtype)
+        grads = {a: z[a].T @ self._columns(low, a).reshape(len(y), -1) for a in self.arrays} | {"bias": grad.sum(0)}
         for name, g in grads.items():
             param = self.bias if name == "bias" else self.weight[name]
             lr = self.lrs[:, None] if name == "bias" else self.lrs[self.users[name]].repeat_interleave(self.classes)
@@ -119,11 +124,10 @@ class Grid:
             if y is None:
                 outs.append(logits)
                 continue
-            target = y[start:start + chunk]
-            losses = losses + F.cross_entropy(logits.transpose(1, 2), target.expand(len(logits), -1),
-                                              reduction="none").sum(1)
-            correct = correct + (logits.argmax(-1) == target).sum(1)
-        return torch.cat(outs, 1) if y is None else (losses / n, correct / n)
+            target = y[start:start + chunk, None].expand(-1, logits.shape[1])
+            losses = losses + F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(0)
+            correct = correct + (logits.argmax(-1) == target).sum(0)
+        return torch.cat(outs) if y is None else (losses / n, correct / n)
 
     def head_state(self, head: int, arrays: list) -> dict:
         def columns(a):
@@ -189,7 +193,7 @@ def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
         curve = [{key: (h[key][best] if key != "epoch" else h[key]) for key in h} for h in history]
         outcomes.append(ProbeOutcome(
             f"{fs.prefix}lr={lr:g}", {"learning_rate": lr, "epochs": params["epochs"]}, validation,
-            test_logits[best].softmax(-1).numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
+            test_logits[:, best].softmax(-1).numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
             fs.pooling, extra={"feature_set": {"blocks": [b for b, _ in fs.arrays],
                                                "poolings": [p for _, p in fs.arrays]},
                                "precision": str(grid.dtype).replace("torch.", "")}))
