@@ -79,7 +79,8 @@ def test_logreg_matches_sklearn_at_the_same_c():
     mean, std = splits.train.x.mean(0), splits.train.x.std(0)
     x, x_test = (splits.train.x - mean) / std, (splits.test.x - mean) / std
     for c in (0.01, 1.0):
-        ours = fit_l2_linear(torch.from_numpy(x), torch.from_numpy(splits.train.y).long(), 6, c, max_iter=500)
+        ours = fit_l2_linear(torch.from_numpy(x), torch.from_numpy(splits.train.y).long(), 6, c,
+                             **{k: logreg.DEFAULTS[k] for k in ("max_iter", "tol", "fast_iter")})
         ours_acc = top1(torch.from_numpy(x_test), torch.from_numpy(splits.test.y).long(), ours)
         reference = LogisticRegression(C=c, max_iter=2000).fit(x, splits.train.y).score(x_test, splits.test.y)
         assert 0.4 < reference < 0.99  # a problem where the solvers can disagree

@@ -47,9 +47,14 @@ def fit_l2_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, c: float, 
     from .linear import matmul_dtype
 
     weight, bias = init if init else (torch.zeros(x.shape[1], num_classes), torch.zeros(num_classes))
-    if fast_iter and matmul_dtype("auto") == torch.bfloat16:
-        weight, bias = _lbfgs(x.to(torch.bfloat16), y, num_classes, c, loss, weight, bias, fast_iter, tol)
-    return _lbfgs(x, y, num_classes, c, loss, weight, bias, max_iter, tol)
+    flushing = torch.set_flush_denormal(True)  # tiny softmax tails are denormal: slow on x86
+    try:
+        if fast_iter and matmul_dtype("auto") == torch.bfloat16:
+            weight, bias = _lbfgs(x.to(torch.bfloat16), y, num_classes, c, loss, weight, bias, fast_iter, tol)
+        return _lbfgs(x, y, num_classes, c, loss, weight, bias, max_iter, tol)
+    finally:
+        if flushing:
+            torch.set_flush_denormal(False)
 
 
 def scores(x: torch.Tensor, solution) -> torch.Tensor:

@@ -115,14 +115,14 @@ class Grid:
             param.sub_(self.velocity[name] * (lr * scale))
         return loss, correct
 
-    def evaluate(self, x: dict, y: torch.Tensor | None = None, chunk: int = 4096):
-        """Per-head logits in chunks; with labels, (loss, top-1) per head instead."""
+    def evaluate(self, x: dict, y: torch.Tensor | None = None, chunk: int = 4096, heads=None):
+        """Logits of `heads` (all by default) in chunks; with labels, (loss, top-1) per head instead."""
         n = len(next(iter(x.values())))
         outs, losses, correct = [], 0.0, 0
         for start in range(0, n, chunk):
             logits = self.logits(self.normalise({a: v[start:start + chunk] for a, v in x.items()}, False))
             if y is None:
-                outs.append(logits)
+                outs.append(logits if heads is None else logits[:, heads])
                 continue
             target = y[start:start + chunk, None].expand(-1, logits.shape[1])
             losses = losses + F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(0)
@@ -152,21 +152,25 @@ def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
     lr_scale = batch_size / 256
     sets = feature_sets(keys, params["block_sets"], params["per_block"])
     needed = sorted({a for s in sets for a in s.arrays})
-    x, labels = {"train": {}, "val": {}, "test": {}}, None
+    if not sets:
+        return []
+    x = {"train": {}, "val": {}, "test": {}}
     for a in needed:  # keep the cache in fp16 (as stored): half the memory of float32
         splits = load(*a)
         for name in x:
             x[name][a] = torch.from_numpy(getattr(splits, name).x).half()
-        labels, num_classes = splits, splits.num_classes
-    y, y_val = torch.from_numpy(labels.train.y).long(), torch.from_numpy(labels.val.y).long()
+    y, y_val = torch.from_numpy(splits.train.y).long(), torch.from_numpy(splits.val.y).long()
     head_arrays = [s.arrays for s in sets for _ in lrs]
     generator = torch.Generator().manual_seed(seed)
-    grid = Grid({a: x["train"][a].shape[1] for a in needed}, head_arrays, num_classes, [lr * lr_scale for lr in lrs] * len(sets),
-                generator, matmul_dtype(params["precision"]))
+    grid = Grid({a: x["train"][a].shape[1] for a in needed}, head_arrays, splits.num_classes,
+                [lr * lr_scale for lr in lrs] * len(sets), generator, matmul_dtype(params["precision"]))
     n = len(y)
     steps_per_epoch = sum(1 for s in range(0, n, batch_size) if min(batch_size, n - s) > 1)
     total, warmup = params["epochs"] * steps_per_epoch, params["warmup_epochs"] * steps_per_epoch
     history, step = [], 0
+    # diverging heads (the largest rates) drive softmax into denormal floats, which x86 CPUs
+    # process a hundred times slower: flush them to zero while training
+    flushing = torch.set_flush_denormal(True)
     for epoch in range(params["epochs"]):
         order = torch.randperm(n, generator=generator)
         loss_sum, correct = torch.zeros(len(head_arrays)), torch.zeros(len(head_arrays))
@@ -183,17 +187,21 @@ def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
         history.append({"epoch": epoch + 1, "train_loss": (loss_sum / n).tolist(),
                         "train_top1": (correct / n).tolist(), "val_loss": val_loss.tolist(),
                         "val_top1": val_top1.tolist()})
-    test_logits = grid.evaluate(x["test"])
-    outcomes = []
+    if flushing:
+        torch.set_flush_denormal(False)
+    chosen, validations = [], []
     for i, fs in enumerate(sets):
         heads = range(i * len(lrs), (i + 1) * len(lrs))
-        validation = {f"{fs.prefix}lr={lr:g}": float(val_top1[h]) for lr, h in zip(lrs, heads)}
-        best = heads[int(np.argmax(list(validation.values())))]
-        lr = lrs[best - heads[0]]
+        validations.append({f"{fs.prefix}lr={lr:g}": float(val_top1[h]) for lr, h in zip(lrs, heads)})
+        chosen.append(heads[int(np.argmax(list(validations[-1].values())))])
+    test_logits = grid.evaluate(x["test"], heads=torch.tensor(chosen))  # the chosen heads only, once
+    outcomes = []
+    for i, (fs, validation, best) in enumerate(zip(sets, validations, chosen)):
+        lr = lrs[best - i * len(lrs)]
         curve = [{key: (h[key][best] if key != "epoch" else h[key]) for key in h} for h in history]
         outcomes.append(ProbeOutcome(
             f"{fs.prefix}lr={lr:g}", {"learning_rate": lr, "epochs": params["epochs"]}, validation,
-            test_logits[:, best].softmax(-1).numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
+            test_logits[:, i].softmax(-1).numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
             fs.pooling, extra={"feature_set": {"blocks": [b for b, _ in fs.arrays],
                                                "poolings": [p for _, p in fs.arrays]},
                                "precision": str(grid.dtype).replace("torch.", "")}))

@@ -3,8 +3,9 @@
 Features are standardised with the train mean/std. C is chosen on validation by a coarse grid of
 decades warm-started from strong to weak regularisation, refined around the best C by halving the
 step (`refine_steps`); each fit runs up to `fast_iter` L-BFGS iterations with bfloat16 products
-(where the hardware has them), then up to `max_iter` float32 iterations until the largest gradient
-entry is below 1e-4 (sklearn's stopping rule). The chosen C is refitted on all of train and the test split scored once.
+(where the hardware has them), then up to `max_iter` float32 iterations polish it, stopping once the
+largest gradient entry is below 1e-4 (sklearn's rule). Without bf16 hardware only the float32
+iterations run: set `max_iter` higher there (e.g. 100, sklearn's default). The chosen C is refitted on all of train and the test split scored once.
 
 Head format: {mean (D,), std (D,), weight (K, D), bias (K,), C}; logits = ((x - mean) / std) @ weight.T + bias.
 """
@@ -16,7 +17,7 @@ import torch
 from .common import ProbeOutcome, Splits, standardizer
 from .lbfgs import fit_l2_linear, scores, sweep_c, top1
 
-DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 100, "fast_iter": 50,
+DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 10, "fast_iter": 50,
             "tol": 1e-4}  # tol: max |gradient| to stop at, sklearn's default
 
 
