@@ -4,8 +4,8 @@
     last-4-blocks CLS concatenation is 1,024 wide), 100 classes, 5,000 of train held out for
     validation, 10,000 test: the linear grid (13 rates x {1, 4 blocks} x {cls, cls+mean} = 52 heads)
     plus kNN for every k (validation pass + test pass) on the 1,024-wide features.
-(b) our logreg (full-batch L-BFGS in torch) vs sklearn LogisticRegression(lbfgs), same standardised
-    features, same C, same iteration cap.
+(b) our logreg solver with the family's defaults (full-batch L-BFGS in torch) vs sklearn
+    LogisticRegression(lbfgs) with its defaults (max_iter=100), same standardised features, same C.
 (c) CIFAR-10 subset (5,000 train + 2,000 test real images) through EfficientNet-Lite0 (pre_logits,
     224 px; features cached in results/bench/): our logreg, linear and kNN beside sklearn's.
 
