@@ -42,7 +42,9 @@ def test_the_report_is_one_tidy_table(finished_run):
     assert test_top1.value.between(0, 1).all() and (test_top1.ci_low <= test_top1.value).all()
     # random ViT-tiny: blocks 10 and 11 with cls and mean pooling, for each probe
     vit = test_top1[test_top1.backbone == "random_vit"]
-    assert sorted(set(zip(vit.block, vit.pooling))) == [(10, "cls"), (10, "mean"), (11, "cls"), (11, "mean")]
+    # the linear grid adds the last block's cls+mean head
+    assert sorted(set(zip(vit.block, vit.pooling))) == [(10, "cls"), (10, "mean"), (11, "cls"), (11, "cls+mean"),
+                                                        (11, "mean")]
     assert (workdir / "results/report/plots/accuracy_per_block.png").stat().st_size > 5000
     assert "| pixels | knn |" in (workdir / "results/report/metrics.md").read_text()
 

@@ -52,12 +52,13 @@ def cmd_probe(args):
 
     module = family_module(args.family)
     context = {"backbone": args.backbone, "dataset": args.dataset}
-    payload = run_family(args.family, module.fit, args.store, args.meta, args.out, args.params, args.seed,
+    payload = run_family(args.family, module, args.store, args.meta, args.out, args.params, args.seed,
                          args.bootstrap, context)
-    best = max(payload["results"], key=lambda r: max(r["validation"].values()))
-    print(f"{args.family} on {args.backbone}/{args.dataset}: {len(payload['results'])} block/pooling pairs; "
+    best = max(payload["results"], key=lambda r: max(r["validation"].values(), default=0.0))
+    metric, stat = next(iter(best["test"].items()))  # top1, or acc for k-means
+    print(f"{args.family} on {args.backbone}/{args.dataset}: {len(payload['results'])} results; "
           f"best on validation: block {best['block']} {best['pooling']} {best['setting']} "
-          f"-> test top-1 {100 * best['test']['top1']['value']:.1f}%")
+          f"-> test {metric} {100 * stat['value']:.1f}%")
 
 
 def cmd_report(args):

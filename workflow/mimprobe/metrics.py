@@ -71,3 +71,67 @@ def metrics_with_ci(labels, probs, fine_to_coarse=None, resamples: int = 1000, s
         }
         for name in values
     }
+
+
+def _percentile_ci(values: dict, draws: dict) -> dict:
+    return {name: {"value": values[name], "ci_low": float(np.percentile(draws[name], 2.5)) if draws else None,
+                   "ci_high": float(np.percentile(draws[name], 97.5)) if draws else None}
+            for name in values}
+
+
+def _bootstrap(score, n: int, resamples: int, seed: int) -> dict:
+    """{metric: [value per resample]} of `score(rows)` over percentile-bootstrap resamples."""
+    if resamples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list] = {}
+    for _ in range(resamples):
+        for name, v in score(rng.integers(0, n, n)).items():
+            draws.setdefault(name, []).append(v)
+    return draws
+
+
+def metrics_over_draws(labels, draw_probs: list, fine_to_coarse=None, resamples: int = 1000,
+                       seed: int = 0) -> dict:
+    """Few-shot: each metric averaged over seeded draws (CI: bootstrap of that mean over test
+    images), plus `top1_std`, the standard deviation of top-1 across draws (no CI)."""
+    def mean_over_draws(rows):
+        per_draw = [point_metrics(labels[rows], p[rows], fine_to_coarse) for p in draw_probs]
+        return {name: float(np.mean([d[name] for d in per_draw])) for name in per_draw[0]}
+
+    everything = np.arange(len(labels))
+    out = _percentile_ci(mean_over_draws(everything), _bootstrap(mean_over_draws, len(labels), resamples, seed))
+    top1s = [point_metrics(labels, p, fine_to_coarse)["top1"] for p in draw_probs]
+    return out | {"top1_std": {"value": float(np.std(top1s)), "ci_low": None, "ci_high": None}}
+
+
+def cluster_accuracy_mapping(labels, clusters, num_classes: int) -> np.ndarray:
+    """cluster id -> class, the one-to-one matching with most agreements (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
+    size = max(num_classes, int(clusters.max()) + 1)
+    agreement = confusion_matrix(clusters, labels, size)
+    rows, cols = linear_sum_assignment(-agreement)
+    mapping = np.zeros(size, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def cluster_point_metrics(labels, clusters, num_classes: int) -> dict[str, float]:
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+
+    mapping = cluster_accuracy_mapping(labels, clusters, num_classes)
+    return {"acc": float((mapping[clusters] == labels).mean()),
+            "nmi": float(normalized_mutual_info_score(labels, clusters)),
+            "ami": float(adjusted_mutual_info_score(labels, clusters)),
+            "ari": float(adjusted_rand_score(labels, clusters))}
+
+
+def cluster_metrics_with_ci(labels, clusters, resamples: int = 1000, seed: int = 0, num_classes=None):
+    """({acc, nmi, ami, ari: {value, ci_low, ci_high}}, one-hot probabilities of the matched classes)."""
+    num_classes = num_classes or int(max(labels.max(), clusters.max())) + 1
+    values = cluster_point_metrics(labels, clusters, num_classes)
+    draws = _bootstrap(lambda rows: cluster_point_metrics(labels[rows], clusters[rows], num_classes),
+                       len(labels), resamples, seed)
+    mapping = cluster_accuracy_mapping(labels, clusters, num_classes)
+    return _percentile_ci(values, draws), np.eye(num_classes, dtype=np.float32)[mapping[clusters]]

@@ -6,7 +6,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
 from mimprobe.config import shard_names, validate_config
 from mimprobe.errors import ConfigError
-from mimprobe.probes import FAMILIES
+from mimprobe.probes import enabled_families
 
 try:
     validate_config(config)
@@ -28,7 +28,7 @@ for _name, _dataset in config["datasets"].items():
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
 SHARDS = {name: shard_names(dataset) for name, dataset in config["datasets"].items()}
-PROBES = [f for f in FAMILIES if config["probes"].get(f, {}).get("enabled", True)]
+PROBES = enabled_families(config)
 
 
 wildcard_constraints:

@@ -1,7 +1,13 @@
 """What every probe family shares: loading a block's splits, scoring test once, writing results.
 
-A family is a function `fit(splits, params, seed) -> ProbeOutcome` that selects its
-hyper-parameters on `splits.val` only and returns probabilities for `splits.test`.
+A family module has `DEFAULTS` and either
+- `fit(splits, params, seed) -> ProbeOutcome | list[ProbeOutcome]`, run on every stored (block,
+  pooling) whose pooling is in the module's `POOLINGS` (default: the pooled vectors), or
+- `fit_store(load, keys, params, seed) -> list[ProbeOutcome]` for families that need several arrays
+  at once (the linear grid): `load(block, pooling)` returns that array's `Splits`, `keys` lists
+  the stored (block, pooling) pairs, and every outcome names its own `block` and `pooling`.
+Either way hyper-parameters are selected on `splits.val` only; test labels are read afterwards,
+here, to score the returned test probabilities once.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_json
-from ..metrics import metrics_with_ci, per_class_accuracy
+from ..metrics import cluster_metrics_with_ci, metrics_over_draws, metrics_with_ci, per_class_accuracy
 from ..shards import read_meta
 from ..store import feature_keys, open_store, read_features
 
@@ -44,12 +50,17 @@ class ProbeOutcome:
     test_probs: np.ndarray
     head: dict | None = None
     history: list[dict] = field(default_factory=list)
+    block: int | None = None  # set by fit_store families; fit families inherit the loop's block
+    pooling: str | None = None
+    test_clusters: np.ndarray | None = None  # k-means: cluster ids, scored as acc/nmi/ami/ari
+    test_draws: list[np.ndarray] | None = None  # few-shot: test probabilities of each seeded draw
+    extra: dict = field(default_factory=dict)  # more fields for the result record
 
 
-def load_splits(root, meta: dict, block: int, pooling: str) -> Splits:
-    x_train = read_features(root, "train", pooling, block)
+def load_splits(root, meta: dict, block: int, pooling: str, dtype=np.float32) -> Splits:
+    x_train = read_features(root, "train", pooling, block).astype(dtype, copy=False)
     y_train = np.asarray(root["train/labels"][:])
-    x_test = read_features(root, "test", pooling, block)
+    x_test = read_features(root, "test", pooling, block).astype(dtype, copy=False)
     y_test = np.asarray(root["test/labels"][:])
     val_rows = np.asarray(meta["validation"]["train_positions"], dtype=np.int64)
     keep = np.ones(len(y_train), dtype=bool)
@@ -63,39 +74,64 @@ def load_splits(root, meta: dict, block: int, pooling: str) -> Splits:
     )
 
 
-def run_family(family: str, fit, store_path, meta_path, out_json, params: dict, seed: int,
-               resamples: int, context: dict, poolings=None) -> dict:
-    """Run `fit` on every stored (block, pooling) and write the family's JSON, predictions, heads."""
+def _outcomes(module, root, meta, params: dict, seed: int) -> list[ProbeOutcome]:
+    keys = feature_keys(root)
+    if hasattr(module, "fit_store"):
+        torch.manual_seed(seed)
+        return module.fit_store(lambda block, pooling: load_splits(root, meta, block, pooling), keys,
+                                params, seed)
+    outcomes = []
+    for block, pooling in keys:
+        if pooling not in getattr(module, "POOLINGS", POOLED):
+            continue
+        torch.manual_seed(seed)
+        splits = load_splits(root, meta, block, pooling, getattr(module, "DTYPE", np.float32))
+        fitted = module.fit(splits, params, seed)
+        for outcome in fitted if isinstance(fitted, list) else [fitted]:
+            outcome.block, outcome.pooling = block, outcome.pooling or pooling
+            outcomes.append(outcome)
+    return outcomes
+
+
+def run_family(family: str, module, store_path, meta_path, out_json, params: dict, seed: int,
+               resamples: int, context: dict) -> dict:
+    """Run a family on the stored features and write its JSON, predictions and heads."""
     meta = read_meta(meta_path)
     root = open_store(store_path)
     out_json = Path(out_json)
+    labels = np.asarray(root["test/labels"][:])
+    block_names = dict(zip(root.attrs["blocks"], root.attrs["block_names"]))
     results, predictions, heads = [], {}, {}
-    allowed = poolings or POOLED
-    for block, pooling in feature_keys(root):
-        if pooling not in allowed:
-            continue
-        splits = load_splits(root, meta, block, pooling)
-        torch.manual_seed(seed)
-        outcome = fit(splits, params, seed)
-        key = f"b{block:03d}/{pooling}"
+    for outcome in _outcomes(module, root, meta, params, seed):
+        key = f"b{outcome.block:03d}/{outcome.pooling}/{outcome.setting}"
+        coarse = meta.get("fine_to_coarse")
+        if outcome.test_clusters is not None:
+            # AMI is slow to recompute: a family may cap the resamples (and records the cap it used)
+            capped = min(resamples, outcome.extra.get("bootstrap_resamples", resamples))
+            outcome.extra["bootstrap_resamples"] = capped
+            test, outcome.test_probs = cluster_metrics_with_ci(labels, outcome.test_clusters, capped, seed,
+                                                                 len(meta["class_names"]))
+        elif outcome.test_draws is not None:
+            test = metrics_over_draws(labels, outcome.test_draws, coarse, resamples, seed)
+        else:
+            test = metrics_with_ci(labels, outcome.test_probs, coarse, resamples, seed)
         results.append({
-            "block": block,
-            "block_name": root.attrs["block_names"][root.attrs["blocks"].index(block)],
-            "pooling": pooling,
+            "block": int(outcome.block),
+            "block_name": block_names.get(outcome.block, str(outcome.block)),
+            "pooling": outcome.pooling,
             "setting": outcome.setting,
             "chosen": outcome.chosen,
             "validation": outcome.validation,
-            "test": metrics_with_ci(splits.test.y, outcome.test_probs, meta.get("fine_to_coarse"),
-                                    resamples, seed),
-            "per_class_accuracy": per_class_accuracy(splits.test.y, outcome.test_probs),
+            "test": test,
+            "per_class_accuracy": per_class_accuracy(labels, outcome.test_probs),
             "history": outcome.history,
-        })
+        } | outcome.extra)
         predictions[key] = outcome.test_probs.astype(np.float32)
         if outcome.head is not None:
             heads[key] = outcome.head
     with atomic_path(out_json.with_suffix(".predictions.npz")) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, labels=np.asarray(root["test/labels"][:]),
+            np.savez_compressed(handle, labels=labels,
                                 **{k.replace("/", "__"): v for k, v in predictions.items()})
     with atomic_path(out_json.with_suffix(".heads.pt")) as tmp:
         torch.save(heads, tmp)
@@ -103,3 +139,15 @@ def run_family(family: str, fit, store_path, meta_path, out_json, params: dict, 
                          "class_names": meta["class_names"], "results": results}
     write_json(out_json, payload)
     return payload
+
+
+def select_best(validation: dict[str, float], candidates: list):
+    """The candidate with the best validation score; ties go to the earliest (listed first)."""
+    scores = list(validation.values())
+    return candidates[int(np.argmax(scores))]
+
+
+def standardizer(x: np.ndarray):
+    """Train mean/std as float32 tensors (std floored so constant features stay finite)."""
+    t = torch.as_tensor(x, dtype=torch.float32)
+    return t.mean(0), t.std(0).clamp_min(1e-6)

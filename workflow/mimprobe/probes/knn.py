@@ -1,4 +1,7 @@
-"""Weighted kNN (DINO/DINOv2): cosine similarity, votes weighted by exp(sim / T), every k at once."""
+"""Weighted kNN (DINO/DINOv2): cosine similarity, votes weighted by exp(sim / T), every k at once.
+
+No trained head: `.heads.pt` holds nothing for kNN (the bank is the train split of the store).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +22,31 @@ def _normalised(bank: np.ndarray, queries: np.ndarray, standardize: bool):
     return F.normalize(bank_t, dim=1), F.normalize(query_t, dim=1)
 
 
+def _top_neighbours(query, bank, k: int, bank_chunk: int):
+    """Top-k cosine similarities and bank rows, merging `bank_chunk` bank rows at a time."""
+    best_sims = best_rows = None
+    for start in range(0, len(bank), bank_chunk):
+        part = bank[start:start + bank_chunk]
+        sims, rows = (query @ part.T).topk(min(k, len(part)), dim=1)
+        if best_sims is not None:
+            sims, rows = torch.cat([best_sims, sims], 1), torch.cat([best_rows, rows + start], 1)
+            sims, order = sims.topk(min(k, sims.shape[1]), dim=1)
+            rows = rows.gather(1, order)
+        best_sims, best_rows = sims, rows
+    return best_sims, best_rows
+
+
 def knn_probabilities(bank_x, bank_y, queries, ks, num_classes, temperature=0.07, standardize=True,
-                      chunk=1024) -> dict[int, np.ndarray]:
-    """Class probabilities for every k from one similarity pass, `chunk` queries at a time."""
+                      chunk=1024, bank_chunk=16384) -> dict[int, np.ndarray]:
+    """Class probabilities for every k from one similarity pass; memory is bounded by
+    chunk x bank_chunk similarities and chunk x k x classes votes, whatever the split sizes."""
     bank, query = _normalised(bank_x, queries, standardize)
     labels = torch.from_numpy(bank_y).long()
     k_max = min(max(ks), len(bank))
+    chunk = max(1, min(chunk, 2**25 // (k_max * num_classes)))
     out = {k: np.empty((len(query), num_classes), dtype=np.float32) for k in ks}
     for start in range(0, len(query), chunk):
-        sims, idx = (query[start:start + chunk] @ bank.T).topk(k_max, dim=1)
+        sims, idx = _top_neighbours(query[start:start + chunk], bank, k_max, bank_chunk)
         weights = (sims / temperature).exp()
         one_hot = F.one_hot(labels[idx], num_classes).float() * weights.unsqueeze(-1)
         running = one_hot.cumsum(dim=1)  # votes of the first j neighbours, for every j

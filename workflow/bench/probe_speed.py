@@ -1,0 +1,181 @@
+"""Probe speed and agreement benchmark (not a test). Writes results/bench/probe_speed.json, prints a table.
+
+(a) 50,000 x 1,024 class-structured synthetic features (4 blocks x {cls, mean} x 256 dims, so the
+    last-4-blocks CLS concatenation is 1,024 wide), 100 classes, 5,000 of train held out for
+    validation, 10,000 test: the linear grid (13 rates x {1, 4 blocks} x {cls, cls+mean} = 52 heads)
+    plus kNN for every k (validation pass + test pass) on the 1,024-wide features.
+(b) our logreg solver with the family's defaults (full-batch L-BFGS in torch) vs sklearn
+    LogisticRegression(lbfgs) with its defaults (max_iter=100), same standardised features, same C.
+(c) CIFAR-10 subset (5,000 train + 2,000 test real images) through EfficientNet-Lite0 (pre_logits,
+    224 px; features cached in results/bench/): our logreg, linear and kNN beside sklearn's.
+
+Usage: python workflow/bench/probe_speed.py [cifar10-jpeg-subset.npz] [--parts abc] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mimprobe.probes import knn, linear  # noqa: E402
+from mimprobe.probes.common import Split, Splits  # noqa: E402
+from mimprobe.probes.lbfgs import fit_l2_linear, top1  # noqa: E402
+
+OUT = Path("results/bench")
+LINEAR = {"epochs": 10, "batch_size": 1024, "per_block": False}  # lrs are per 256 images, scaled
+
+
+def synthetic(n_train=50_000, n_test=10_000, classes=100, dim=256, blocks=4, scale=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    y, y_test = rng.integers(0, classes, n_train), rng.integers(0, classes, n_test)
+    val = np.zeros(n_train, bool)
+    val[rng.choice(n_train, n_train // 10, replace=False)] = True
+    arrays = {}
+    for b in range(blocks):
+        for p in ("cls", "mean"):
+            centres = rng.normal(size=(classes, dim)).astype(np.float32) * scale * (1 + b / 3)
+            x = (centres[y] + rng.normal(size=(n_train, dim)).astype(np.float32)).astype(np.float16)
+            xt = (centres[y_test] + rng.normal(size=(n_test, dim)).astype(np.float32)).astype(np.float16)
+            arrays[(b, p)] = Splits(Split(x[~val], y[~val]), Split(x[val], y[val]), Split(xt, y_test),
+                                    Split(x, y), classes)
+    return arrays
+
+
+def concat(arrays, keys) -> Splits:
+    first = arrays[keys[0]]
+    join = lambda name: np.concatenate([getattr(arrays[k], name).x for k in keys], 1).astype(np.float32)  # noqa: E731
+    return Splits(*(Split(join(n), getattr(first, n).y) for n in ("train", "val", "test", "train_all")),
+                  first.num_classes)
+
+
+def run_knn(splits: Splits) -> tuple[int, float]:
+    ks = [10, 20, 100, 200]
+    val = knn.knn_probabilities(splits.train.x, splits.train.y, splits.val.x, ks, splits.num_classes)
+    best = max(ks, key=lambda k: (val[k].argmax(1) == splits.val.y).mean())
+    test = knn.knn_probabilities(splits.train_all.x, splits.train_all.y, splits.test.x, [best], splits.num_classes)
+    return best, float((test[best].argmax(1) == splits.test.y).mean())
+
+
+def part_a(arrays) -> dict:
+    start = time.perf_counter()
+    outcomes = linear.fit_store(lambda b, p: arrays[(b, p)], sorted(arrays), LINEAR, 0)
+    grid_s = time.perf_counter() - start
+    best = max(outcomes, key=lambda o: max(o.validation.values()))
+    start = time.perf_counter()
+    k, knn_acc = run_knn(concat(arrays, [(b, "cls") for b in range(4)]))
+    knn_s = time.perf_counter() - start
+    return {"heads": sum(len(o.validation) for o in outcomes), "linear_grid_seconds": round(grid_s, 1),
+            "knn_seconds": round(knn_s, 1), "grid_and_knn_seconds": round(grid_s + knn_s, 1),
+            "linear_best": f"{best.pooling} {best.setting}",
+            "linear_test_top1": float((best.test_probs.argmax(1) == arrays[(0, 'cls')].test.y).mean()),
+            "knn_k": k, "knn_test_top1": knn_acc, "linear_settings": LINEAR | {"precision": outcomes[0].extra["precision"]}}
+
+
+def logreg_pair(splits: Splits, c: float, max_iter: int = 100) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = splits.train_all.x.mean(0), splits.train_all.x.std(0) + 1e-6
+    x, x_test = (splits.train_all.x - mean) / std, (splits.test.x - mean) / std
+    from mimprobe.probes.logreg import DEFAULTS
+
+    start = time.perf_counter()
+    ours = fit_l2_linear(torch.from_numpy(x), torch.from_numpy(splits.train_all.y).long(), splits.num_classes, c,
+                         max_iter=DEFAULTS["max_iter"], tol=DEFAULTS["tol"], fast_iter=DEFAULTS["fast_iter"])
+    ours_s = time.perf_counter() - start
+    ours_acc = top1(torch.from_numpy(x_test), torch.from_numpy(splits.test.y).long(), ours)
+    start = time.perf_counter()
+    reference = LogisticRegression(C=c, max_iter=max_iter).fit(x, splits.train_all.y)
+    sk_s = time.perf_counter() - start
+    sk_acc = float(reference.score(x_test, splits.test.y))
+    return {"C": c, "sklearn_max_iter": max_iter, "ours": {k: DEFAULTS[k] for k in ("fast_iter", "max_iter", "tol")},
+            "logreg_seconds": round(ours_s, 1), "sklearn_seconds": round(sk_s, 1),
+            "logreg_speedup_vs_sklearn": round(sk_s / ours_s, 1), "logreg_test_top1": ours_acc,
+            "sklearn_test_top1": sk_acc, "logreg_acc_minus_sklearn": round(ours_acc - sk_acc, 4)}
+
+
+def cifar_features(npz: Path) -> dict:
+    cache = OUT / "cifar10_effnet_lite0.npz"
+    if cache.exists():
+        return dict(np.load(cache))
+    from mimprobe.backbones import create_backbone
+
+    data = np.load(npz)
+    backbone = create_backbone("effnet_lite0")
+    block = len(backbone.block_names) - 1  # pre_logits
+    out = {"y_train": data["y_train"], "y_test": data["y_test"]}
+    for split in ("train", "test"):
+        images, feats = data[f"x_{split}"], []
+        with torch.inference_mode():
+            for start in range(0, len(images), 64):
+                batch = backbone.preprocess(torch.from_numpy(images[start:start + 64]))
+                feats.append(backbone.forward_blocks(batch, [block], ["mean"])[(block, "mean")].float().numpy())
+        out[f"x_{split}"] = np.concatenate(feats)
+    OUT.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **out)
+    return out
+
+
+def part_c(npz: Path) -> dict:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    f = cifar_features(npz)
+    rng = np.random.default_rng(0)
+    val = np.zeros(len(f["y_train"]), bool)
+    val[rng.choice(len(val), len(val) // 10, replace=False)] = True
+    x, y = f["x_train"].astype(np.float32), f["y_train"]
+    splits = Splits(Split(x[~val], y[~val]), Split(x[val], y[val]), Split(f["x_test"].astype(np.float32), f["y_test"]),
+                    Split(x, y), 10)
+    from mimprobe.probes import logreg
+
+    ours_logreg = logreg.fit(splits, {}, 0)
+    c = ours_logreg.chosen["C"]
+    pair = logreg_pair(splits, c, max_iter=1000)
+    lin = linear.fit(splits, {}, 0)
+    k, knn_acc = run_knn(splits)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    sk_knn = KNeighborsClassifier(k, metric="cosine", weights="distance").fit(unit(x), y)
+    acc = lambda p: float((p.argmax(1) == splits.test.y).mean())  # noqa: E731
+    return {"features": f"effnet_lite0 pre_logits {x.shape[1]}-d", "logreg_C_chosen_on_val": c,
+            "logreg_test_top1": acc(ours_logreg.test_probs), "sklearn_logreg_test_top1_same_C": pair["sklearn_test_top1"],
+            "linear_test_top1": acc(lin.test_probs), "linear_setting": lin.setting,
+            "knn_k": k, "knn_test_top1": knn_acc,
+            "sklearn_knn_test_top1": float(sk_knn.score(unit(splits.test.x), splits.test.y))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cifar", nargs="?", default="../shared/data/cifar10-jpeg-subset.npz")
+    parser.add_argument("--parts", default="abc")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    path = OUT / "probe_speed.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result["note"] = f"{args.threads} CPU threads on a machine shared with other jobs: timings are upper bounds"
+    if "a" in args.parts or "b" in args.parts:
+        arrays = synthetic()
+        if "a" in args.parts:
+            result["a_grid_and_knn"] = part_a(arrays)
+        if "b" in args.parts:
+            result["b_logreg_vs_sklearn"] = logreg_pair(concat(arrays, [(b, "cls") for b in range(4)]), c=1.0)
+    if "c" in args.parts:
+        result["c_cifar10_effnet_lite0"] = part_c(Path(args.cifar))
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for part, values in result.items():
+        if isinstance(values, dict):
+            print(f"\n{part}")
+            for key, value in values.items():
+                print(f"  {key:34s} {value}")
+
+
+if __name__ == "__main__":
+    main()

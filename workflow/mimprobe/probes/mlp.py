@@ -1,0 +1,46 @@
+"""The seed notebook's MLP: hidden layers 256-128-128 with ReLU, Adam 1e-3, cross-entropy, 20 epochs.
+
+Runs on every pooled array and on the stored token grids flattened (the notebook's original input:
+all tokens of one block in one long vector). Inputs are standardised with the train mean/std (the
+notebook fed raw values). Per-epoch train/val loss and top-1 are recorded; the epoch with the best
+validation top-1 is kept (setting `epoch=N`). No refit on all of train.
+
+Head format: {mean (D,), std (D,), hidden [...], state_dict} where state_dict is a
+`torch.nn.Sequential` of Linear/ReLU layers (keys `0.weight`, `0.bias`, `2.weight`, …) applied to the
+standardised (flattened) features.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import POOLED, ProbeOutcome, Splits
+from .epochs import train_epochs
+
+DEFAULTS = {"hidden": [256, 128, 128], "epochs": 20, "learning_rate": 1e-3, "batch_size": 128}
+POOLINGS = POOLED + ("tokens",)
+
+
+def build_mlp(dim: int, hidden: list[int], num_classes: int) -> torch.nn.Sequential:
+    layers, width = [], dim
+    for size in hidden:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
+        width = size
+    return torch.nn.Sequential(*layers, torch.nn.Linear(width, num_classes))
+
+
+def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
+    params = DEFAULTS | params
+    flat = splits.train.x.reshape(len(splits.train.x), -1)
+    mean = torch.as_tensor(flat.mean(0), dtype=torch.float32)
+    std = torch.as_tensor(flat.std(0), dtype=torch.float32).clamp_min(1e-6)
+
+    def prepare(x):
+        return (torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1) - mean) / std
+
+    torch.manual_seed(seed)
+    model = build_mlp(flat.shape[1], params["hidden"], splits.num_classes)
+    epoch, validation, history, test_probs = train_epochs(model, splits, prepare, params, seed)
+    head = {"mean": mean, "std": std, "hidden": list(params["hidden"]), "state_dict": model.state_dict()}
+    return ProbeOutcome(f"epoch={epoch}", {"epoch": epoch, "hidden": params["hidden"]}, validation, test_probs,
+                        head, history)
