@@ -46,7 +46,7 @@ def test_predict_reproduces_the_runs_test_probabilities(study, digit_pngs, capsy
     predictions = json.loads(out.out)
     stored = np.load(study / f"results/probes/{backbone}/digits/{probe}.predictions.npz")
     for i, prediction in enumerate(predictions):
-        probs = stored[f"b{prediction['block']:03d}__{prediction['pooling']}"][i]
+        probs = stored[f"b{prediction['block']:03d}__{prediction['pooling']}__{prediction['setting']}"][i]
         top = np.argsort(-probs, kind="stable")[:5]
         assert [t["class"] for t in prediction["top5"]] == [str(c) for c in top]
         assert [t["probability"] for t in prediction["top5"]] == pytest.approx(probs[top], abs=2e-4)

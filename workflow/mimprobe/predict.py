@@ -87,8 +87,9 @@ def choose_record(run: Run, block: int | None, pooling: str | None) -> dict:
     return max(records, key=lambda r: max(r["validation"].values(), default=float("-inf")))
 
 
-def embed_images(run: Run, images: np.ndarray, block: int, pooling: str, config_path: str | None) -> np.ndarray:
-    """Features of (N, H, W, 3) uint8 images from the run's backbone, rounded to fp16 like the store."""
+def embed_images(run: Run, images: np.ndarray, arrays: list[tuple[int, str]], config_path: str | None) -> np.ndarray:
+    """Features of (N, H, W, 3) uint8 images from the run's backbone: the (block, pooling) arrays
+    concatenated in order, each rounded to fp16 like the store."""
     from .backbones import create_backbone
     from .store import open_store
 
@@ -102,9 +103,31 @@ def embed_images(run: Run, images: np.ndarray, block: int, pooling: str, config_
 
         weights = load_config(config_path)["backbones"].get(run.backbone, {}).get("weights")
     backbone = create_backbone(attrs["model"], weights, attrs.get("final_norm", False), run.payload["seed"])
+    blocks, poolings = sorted({b for b, _ in arrays}), sorted({p for _, p in arrays})
     with torch.inference_mode():
-        features = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), [block], [pooling])
-    return features[(block, pooling)].float().numpy().astype(np.float16).astype(np.float32)
+        features = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), blocks, poolings)
+    parts = [features[key].float().numpy().astype(np.float16).astype(np.float32) for key in arrays]
+    return np.concatenate(parts, axis=1)
+
+
+def load_head(run: Run, record: dict) -> dict:
+    """The fitted head of a record (key `bNNN/pooling/setting`); kNN keeps none."""
+    heads_path = run.probe_json.with_suffix(".heads.pt")
+    if not heads_path.is_file():
+        raise DataError(f"{heads_path}: missing. Rerun the workflow to refit the {run.probe} probe.")
+    heads = torch.load(heads_path, map_location="cpu", weights_only=True)
+    head = heads.get(f"b{record['block']:03d}/{record['pooling']}/{record['setting']}")
+    if not head or not {"weight", "bias"} <= set(head):
+        raise MimprobeError(f"probe {run.probe!r} saved no linear head in {heads_path}, so predict cannot "
+                            "use it yet. Use --probe linear or --probe knn.")
+    return head
+
+
+def head_arrays(record: dict, head: dict | None) -> list[tuple[int, str]]:
+    """The stored arrays a head reads: several for the linear grid's concatenations, else one."""
+    if head is not None and "blocks" in head:
+        return list(zip(head["blocks"], head["poolings"]))
+    return [(record["block"], record["pooling"])]
 
 
 def linear_probabilities(head: dict, features: np.ndarray) -> np.ndarray:
@@ -131,17 +154,9 @@ def knn_probabilities_from_store(run: Run, record: dict, features: np.ndarray) -
                              params["temperature"], params["standardize"])[k]
 
 
-def probabilities(run: Run, record: dict, features: np.ndarray) -> np.ndarray:
+def probabilities(run: Run, record: dict, head: dict | None, features: np.ndarray) -> np.ndarray:
     if run.probe == "knn":
         return knn_probabilities_from_store(run, record, features)
-    heads_path = run.probe_json.with_suffix(".heads.pt")
-    if not heads_path.is_file():
-        raise DataError(f"{heads_path}: missing. Rerun the workflow to refit the {run.probe} probe.")
-    heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-    head = heads.get(f"b{record['block']:03d}/{record['pooling']}")
-    if not head or not {"weight", "bias"} <= set(head):
-        raise MimprobeError(f"probe {run.probe!r} saved no linear head in {heads_path}, so predict cannot "
-                            "use it yet. Use --probe linear or --probe knn.")
     return linear_probabilities(head, features)
 
 
@@ -152,8 +167,9 @@ def predict(paths: list[str], backbone: str, probe: str, results="results", bloc
     record = choose_record(run, block, pooling)
     size = int(run.meta["image_shape"][0])
     images = np.stack([to_square_uint8(image, size) for image in opened])
-    features = embed_images(run, images, record["block"], record["pooling"], config_path)
-    probs = probabilities(run, record, features)
+    head = None if probe == "knn" else load_head(run, record)
+    features = embed_images(run, images, head_arrays(record, head), config_path)
+    probs = probabilities(run, record, head, features)
     names = run.meta["class_names"]
     out = []
     for path, row in zip(paths, probs):

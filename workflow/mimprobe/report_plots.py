@@ -212,7 +212,7 @@ def _best_predictions(table: pd.DataFrame, jsons: dict[tuple, Path], dataset: st
     for row in candidates[candidates.dataset == dataset].itertuples():
         path = jsons.get((row.dataset, row.backbone, row.probe))
         npz = path.with_suffix(".predictions.npz") if path else None
-        key = f"b{row.block:03d}__{row.pooling}"
+        key = f"b{row.block:03d}__{row.pooling}__{row.setting}"  # as probes.common saves them
         if npz and npz.is_file():
             with np.load(npz) as data:
                 if key in data:

@@ -7,8 +7,10 @@
   size, so at most `rbf_max_train` seeded random train images are used (recorded as `rbf_train_rows`).
 Test probabilities are the softmax of the decision values (SVMs give scores, not probabilities).
 
-Head formats: linear {mean, std, weight (K, D), bias (K,), C}; rbf {mean, std, pca_components
-(P, D), pca_mean (D,), C, gamma, svc (the pickled sklearn SVC)}.
+Head formats (plain tensors, loadable with weights_only=True): linear {mean, std, weight (K, D),
+bias (K,), C}; rbf {mean, std, pca_components (P, D), pca_mean (P-space input mean), C, gamma,
+support_vectors (S, P), dual_coef (K-1, S), intercept (K(K-1)/2,), n_support (K,), classes (K,)}:
+libsvm's one-vs-one model, enough to recompute `SVC.decision_function`.
 """
 
 from __future__ import annotations
@@ -77,8 +79,10 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     decision = svc.decision_function(project(splits.test.x, mean, std, pca))
     probs = np.zeros((len(decision), splits.num_classes), dtype=np.float32)
     probs[:, svc.classes_] = torch.as_tensor(decision).float().softmax(1).numpy()
-    head = {"mean": mean, "std": std, "pca_components": pca.components_, "pca_mean": pca.mean_, "C": c,
-            "gamma": gamma, "svc": svc}
+    arrays = {"mean": mean, "std": std, "pca_components": pca.components_, "pca_mean": pca.mean_,
+              "support_vectors": svc.support_vectors_, "dual_coef": svc.dual_coef_,
+              "intercept": svc.intercept_, "n_support": svc.n_support_, "classes": svc.classes_}
+    head = {name: torch.as_tensor(np.asarray(value)) for name, value in arrays.items()} | {"C": c, "gamma": gamma}
     return ProbeOutcome(f"kernel=rbf,C={c:g},gamma={g:g}xscale", {"kernel": "rbf", "C": c, "gamma": gamma},
                         validation, probs, head, extra={"rbf_train_rows": len(rows)})
 
