@@ -82,3 +82,14 @@ def test_metrics_match_sklearn_and_the_interval_brackets_the_value():
                       precision_score(labels, probs.argmax(1), average="weighted", zero_division=0))
     with_ci = metrics_with_ci(labels, probs, resamples=200, seed=0)
     assert with_ci["top1"]["ci_low"] < with_ci["top1"]["value"] < with_ci["top1"]["ci_high"]
+
+
+def test_clustering_intervals_bracket_the_estimate():
+    from mimprobe.metrics import cluster_metrics_with_ci
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+    clusters = np.where(rng.random(400) < 0.3, labels, rng.integers(0, 10, 400))  # weak clustering
+    intervals, _ = cluster_metrics_with_ci(labels, clusters, resamples=100, seed=0, num_classes=10)
+    for name in ("acc", "nmi", "ami", "ari"):
+        assert intervals[name]["ci_low"] <= intervals[name]["value"] <= intervals[name]["ci_high"], name
