@@ -1,4 +1,5 @@
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -86,3 +87,28 @@ def probe_outputs():
 
 def final_outputs():
     return list(rules.report.output)  # the table, the summary and every plot
+
+
+def report_figure(name, category, subcategory=None):
+    """A figure registered for `snakemake --report`, its caption in workflow/report/{name}.rst."""
+    return report(
+        f"results/report/plots/{name}.png",
+        caption=f"../report/{name}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels={"figure": name.replace("_", " ")},
+    )
+
+
+def report_figures():
+    figures = {
+        "accuracy_per_block": report_figure("accuracy_per_block", "1. Accuracy", "per block"),
+        "probe_comparison": report_figure("probe_comparison", "1. Accuracy", "per probe family"),
+        "training_curves": report_figure("training_curves", "2. Training"),
+        "confusion_matrix": report_figure("confusion_matrix", "3. Errors and features"),
+        "feature_map": report_figure("feature_map", "3. Errors and features"),
+    }
+    if "fewshot" in PROBES:
+        figures["fewshot"] = report_figure("fewshot", "1. Accuracy", "few-shot")
+    figures |= {f"{name}_svg": f"results/report/plots/{name}.svg" for name in list(figures)}
+    return figures

@@ -4,10 +4,12 @@ rule init_store:
     output:
         store="results/embeddings/{backbone}/{dataset}.zarr/zarr.json",
     params:
-        store="results/embeddings/{backbone}/{dataset}.zarr",
+        store=lambda wildcards, output: os.path.dirname(output.store),
         backbone=backbone_config,
         features=features_config,
         seed=config["seed"],
+    conda:
+        "../../envs/mimprobe.yaml"
     log:
         "logs/init_store/{backbone}/{dataset}.log",
     shell:
@@ -22,7 +24,7 @@ rule embed_chunk:
     output:
         flag="results/embeddings/{backbone}/{dataset}.chunks/{shard}.json",
     params:
-        store="results/embeddings/{backbone}/{dataset}.zarr",
+        store=lambda wildcards, input: os.path.dirname(input.store),
         shard="results/shards/{dataset}/{shard}.npz",
         backbone=backbone_config,
         features=features_config,
@@ -30,6 +32,8 @@ rule embed_chunk:
     threads: 1
     resources:
         gpu=1,
+    conda:
+        "../../envs/mimprobe.yaml"
     log:
         "logs/embed_chunk/{backbone}/{dataset}/{shard}.log",
     benchmark:
@@ -47,6 +51,8 @@ rule check_store:
         ok="results/embeddings/{backbone}/{dataset}.ok.json",
     params:
         store="results/embeddings/{backbone}/{dataset}.zarr",
+    conda:
+        "../../envs/mimprobe.yaml"
     log:
         "logs/check_store/{backbone}/{dataset}.log",
     shell:

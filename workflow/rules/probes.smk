@@ -17,6 +17,8 @@ for family in PROBES:
             probe=as_json(probe_settings(family)),
             seed=config["seed"],
             bootstrap=config["report"]["bootstrap"],
+        conda:
+            "../../envs/mimprobe.yaml"
         log:
             f"logs/probe_{family}/{{backbone}}/{{dataset}}.log",
         benchmark:

@@ -5,6 +5,8 @@ rule prepare_shards:
         dataset=dataset_config,
         resources_dir=config["resources_dir"],
         seed=config["seed"],
+    conda:
+        "../../envs/mimprobe.yaml"
     log:
         "logs/prepare_shards/{dataset}.log",
     shell:
