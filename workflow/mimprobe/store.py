@@ -89,11 +89,6 @@ def feature_keys(root) -> list[tuple[int, str]]:
     return sorted(keys)
 
 
-def region_checksum(array, start: int, stop: int) -> str:
-    data = np.ascontiguousarray(array[start:stop])
-    return sha256_bytes(data.tobytes())
-
-
 def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray],
                  after_each=None) -> dict[str, str]:
     """Write one shard's rows into each named array, read them back, and return their checksums.

@@ -93,17 +93,6 @@ def refiner_to_timm(state_dict: dict) -> dict:
     return mapped
 
 
-def timm_to_refiner(state_dict: dict, grid: int) -> dict:
-    """The inverse mapping (for exporting a timm ViT into the refiner's format, e.g. in tests)."""
-    out = {k: v for k, v in state_dict.items() if k not in ("cls_token", "pos_embed")}
-    out["cls_tokens.tokens"] = state_dict["cls_token"]
-    pos = state_dict["pos_embed"]
-    if pos[:, 0].abs().max() != 0:
-        raise ValueError("the refiner format adds no position embedding to the CLS token")
-    out["pos_embed.embed"] = pos[:, 1:].reshape(1, grid, grid, pos.shape[-1])
-    return out
-
-
 # ---- post-norm: data2vec2 ---------------------------------------------------------------------
 
 class _PosEmbed(nn.Module):

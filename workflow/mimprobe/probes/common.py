@@ -141,12 +141,6 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     return payload
 
 
-def select_best(validation: dict[str, float], candidates: list):
-    """The candidate with the best validation score; ties go to the earliest (listed first)."""
-    scores = list(validation.values())
-    return candidates[int(np.argmax(scores))]
-
-
 def standardizer(x: np.ndarray):
     """Train mean/std as float32 tensors (std floored so constant features stay finite)."""
     t = torch.as_tensor(x, dtype=torch.float32)
