@@ -80,11 +80,48 @@ def test_logreg_matches_sklearn_at_the_same_c():
     x, x_test = (splits.train.x - mean) / std, (splits.test.x - mean) / std
     for c in (0.01, 1.0):
         ours = fit_l2_linear(torch.from_numpy(x), torch.from_numpy(splits.train.y).long(), 6, c,
-                             **{k: logreg.DEFAULTS[k] for k in ("max_iter", "tol", "fast_iter")})
+                             **{k: logreg.DEFAULTS[k] for k in ("max_iter", "tol", "precision", "polish_iter")})
         ours_acc = top1(torch.from_numpy(x_test), torch.from_numpy(splits.test.y).long(), ours)
         reference = LogisticRegression(C=c, max_iter=2000).fit(x, splits.train.y).score(x_test, splits.test.y)
         assert 0.4 < reference < 0.99  # a problem where the solvers can disagree
         assert abs(ours_acc - reference) <= 0.005
+
+
+@pytest.mark.parametrize("loss", ["logistic", "squared_hinge"])
+def test_hand_written_gradients_match_autograd(loss):
+    from mimprobe.probes.lbfgs import _closure
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 7, generator=generator), torch.randint(0, 5, (40,), generator=generator)
+    weight, bias = torch.randn(7, 5, generator=generator), torch.randn(5, generator=generator)
+    value = _closure(x, x.T, y, weight, bias, 0.3, loss)()
+    w, b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    logits = x @ w + b
+    if loss == "logistic":
+        reference = torch.nn.functional.cross_entropy(logits, y)
+    else:
+        signs = torch.where(torch.nn.functional.one_hot(y, 5).bool(), 1.0, -1.0)
+        reference = (1 - signs * logits).clamp(min=0).pow(2).sum(1).mean()
+    reference = reference + 0.3 * w.pow(2).sum()
+    reference.backward()
+    assert torch.allclose(value, reference, atol=1e-5)
+    assert torch.allclose(weight.grad, w.grad, atol=1e-5) and torch.allclose(bias.grad, b.grad, atol=1e-5)
+
+
+def test_float32_solver_reaches_sklearns_objective():
+    from sklearn.linear_model import LogisticRegression
+
+    splits = blobs(classes=6, per_class=150, dim=24, spread=4.0)
+    x, y = torch.from_numpy(splits.train.x).float(), torch.from_numpy(splits.train.y).long()
+    reference = LogisticRegression(C=1.0, max_iter=2000, tol=1e-8).fit(x.numpy(), y.numpy())
+
+    def objective(weight, bias):
+        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y)
+        return float(loss + weight.pow(2).sum() / (2 * len(y)))
+
+    ours = fit_l2_linear(x, y, 6, 1.0, max_iter=500, tol=1e-7)
+    sklearn_solution = (torch.from_numpy(reference.coef_.T).float(), torch.from_numpy(reference.intercept_).float())
+    assert objective(*ours) <= objective(*sklearn_solution) + 1e-5
 
 
 def test_knn_with_a_chunked_bank_equals_one_pass():

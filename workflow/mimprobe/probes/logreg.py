@@ -2,10 +2,10 @@
 
 Features are standardised with the train mean/std. C is chosen on validation by a coarse grid of
 decades warm-started from strong to weak regularisation, refined around the best C by halving the
-step (`refine_steps`); each fit runs up to `fast_iter` L-BFGS iterations with bfloat16 products
-(where the hardware has them), then up to `max_iter` float32 iterations polish it, stopping once the
-largest gradient entry is below 1e-4 (sklearn's rule). Without bf16 hardware only the float32
-iterations run: set `max_iter` higher there (e.g. 100, sklearn's default). The chosen C is refitted on all of train and the test split scored once.
+step (`refine_steps`); each fit runs up to `max_iter` L-BFGS iterations with products in `precision`
+(bfloat16 where the hardware has it), then up to `polish_iter` float32 ones, stopping once the
+largest gradient entry is ≤ `tol` (sklearn's rule). The chosen C is refitted on all of train and the
+test split scored once.
 
 Head format: {mean (D,), std (D,), weight (K, D), bias (K,), C}; logits = ((x - mean) / std) @ weight.T + bias.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 
 from .common import ProbeOutcome, Splits, standardizer
-from .lbfgs import fit_l2_linear, scores, sweep_c, top1
+from .lbfgs import Design, fit_l2_linear, scores, sweep_c, top1
 
-DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 10, "fast_iter": 50,
-            "tol": 1e-4}  # tol: max |gradient| to stop at, sklearn's default
+DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 40, "precision": "auto",
+            "polish_iter": 0, "tol": 1e-4}  # tol: max |gradient| to stop at, sklearn's default
 
 
 def tensors(split, mean, std):
@@ -29,17 +29,18 @@ def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     params = DEFAULTS | params
     mean, std = standardizer(splits.train.x)
     (x, y), (x_val, y_val) = tensors(splits.train, mean, std), tensors(splits.val, mean, std)
-    k = splits.num_classes
+    k, design = splits.num_classes, Design.of(x, params["precision"])
+    solver = {key: params[key] for key in ("max_iter", "tol", "polish_iter")}
 
     def fit_c(c, init):
-        return fit_l2_linear(x, y, k, c, "logistic", init, params["max_iter"], params["tol"], params["fast_iter"])
+        return fit_l2_linear(design, y, k, c, "logistic", init, **solver)
 
     best_c, val_scores, fits = sweep_c(fit_c, lambda s: top1(x_val, y_val, s), params["c_values"],
                                        params["refine_steps"])
     mean_all, std_all = standardizer(splits.train_all.x)
     x_all, y_all = tensors(splits.train_all, mean_all, std_all)
-    final = fit_l2_linear(x_all, y_all, k, best_c, "logistic", fits[best_c], params["max_iter"], params["tol"],
-                          params["fast_iter"])
+    final = fit_l2_linear(Design.of(x_all, params["precision"]), y_all, k, best_c, "logistic", fits[best_c],
+                          **solver)
     x_test = (torch.as_tensor(splits.test.x, dtype=torch.float32) - mean_all) / std_all
     head = {"mean": mean_all, "std": std_all, "weight": final[0].T.contiguous(), "bias": final[1], "C": best_c}
     return ProbeOutcome(f"C={best_c:.3g}", {"C": best_c}, {f"C={c:.3g}": v for c, v in val_scores.items()},
