@@ -80,3 +80,27 @@ def test_gpu_bf16_features_are_close_to_fp32_cpu(tmp_path):
     for key, expected in cpu.items():
         cosine = torch.nn.functional.cosine_similarity(gpu[key].float().cpu(), expected, dim=1)
         assert cosine.min() > 0.99, key
+
+
+def test_cpu_bfloat16_opt_in_stores_features_close_to_float32(tmp_path):
+    config = validate_config({
+        "datasets": {"digits": {"kind": "digits", "shard_size": 16, "limit": {"train": 16, "test": 16}}},
+        "backbones": {"vit": {"model": "random:vit_tiny_patch16_224", "features": {"precision": "bfloat16"}}},
+        "features": {"blocks": [5, -1], "pooling": ["cls", "mean"], "device": "cpu"},
+    })
+    from mimprobe.config import backbone_features
+
+    meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
+    features = backbone_features(config, "vit")
+    init_store(tmp_path / "vit.zarr", tmp_path / "shards/meta.json", config["backbones"]["vit"], features, 0)
+    record = embed_chunk(tmp_path / "vit.zarr", tmp_path / "shards/train-0000.npz", tmp_path / "shards/meta.json",
+                         tmp_path / "flag.json", config["backbones"]["vit"], features, 0)
+    assert record["dtype"] == "bfloat16" and list(meta["shards"])[0] == "train-0000"
+    root = open_store(tmp_path / "vit.zarr", mode="r+")
+    backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)
+    images = torch.from_numpy(read_shard(tmp_path / "shards/train-0000.npz")["images"])
+    exact = backbone.forward_blocks(backbone.preprocess(images), [5, 11], ["cls", "mean"])
+    for (block, pooling), expected in exact.items():
+        stored = torch.from_numpy(read_features(root, "train", pooling, block)[:16])
+        assert not torch.equal(stored, expected.half().float())  # really computed in bfloat16
+        assert torch.nn.functional.cosine_similarity(stored, expected, dim=1).min() > 0.99, (block, pooling)

@@ -32,6 +32,10 @@ def test_defaults_are_filled_in():
         (lambda c: c["probes"]["knn"].update(k=[]), "probes.knn.k"),
         (lambda c: c["features"].update(pooling=["max"]), "features.pooling.0"),
         (lambda c: c["datasets"]["digits"].update(val_fraction=0.9), "datasets.digits.val_fraction"),
+        (lambda c: c["backbones"]["random_vit"].update(features={"blok": [1]}), "backbones.random_vit.features"),
+        (lambda c: c["backbones"]["random_vit"].update(features={"blocks": [40]}),
+         "backbones.random_vit.features.blocks"),
+        (lambda c: c["features"].update(precision="fp8"), "features.precision"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(mutate, key):
@@ -51,3 +55,13 @@ def test_demo_config_fans_out_to_at_least_four_chunks_per_split():
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     names = shard_names(validate_config(config)["datasets"]["digits"])
     assert sum(n.startswith("train") for n in names) >= 4 and sum(n.startswith("test") for n in names) >= 4
+
+
+def test_a_backbone_overrides_only_the_features_keys_it_names():
+    from mimprobe.config import backbone_features
+
+    config = tiny_config()
+    config["backbones"]["random_vit"]["features"] = {"blocks": "all", "precision": "bfloat16"}
+    config = validate_config(config)
+    assert backbone_features(config, "random_vit") == config["features"] | {"blocks": "all", "precision": "bfloat16"}
+    assert backbone_features(config, "pixels") == config["features"]

@@ -69,6 +69,15 @@ def test_adding_a_backbone_embeds_only_that_backbone(finished_run):
                     "report": 1, "all": 1}
 
 
+def test_overriding_one_backbones_features_re_embeds_only_that_backbone(finished_run):
+    workdir, config = finished_run
+    changed = copy.deepcopy(config)
+    changed["backbones"]["random_vit"]["features"] = {"blocks": [-1]}
+    jobs = planned_jobs(workdir, changed)
+    assert jobs == {"init_store": 1, "embed_chunk": 6, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
+                    "report": 1, "all": 1}
+
+
 def test_bad_config_fails_before_any_job_runs_naming_the_key(tmp_path):
     config = tiny_config()
     config["datasets"]["digits"]["shard_size"] = -5

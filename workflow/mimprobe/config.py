@@ -69,11 +69,17 @@ def _check_semantics(config: dict) -> None:
         batch = backbone.get("batch_size", "auto")
         if isinstance(batch, str) and batch != "auto" or isinstance(batch, int) and batch < 1:
             raise ConfigError(f"config key backbones.{name}.batch_size: use a positive integer or 'auto'.")
-    blocks = config["features"]["blocks"]
-    if isinstance(blocks, str) and blocks != "all":
-        raise ConfigError("config key features.blocks: use 'all' or a list of block indices.")
     for name, backbone in config["backbones"].items():
-        _check_blocks_exist(name, backbone["model"], blocks)
+        key = f"backbones.{name}.features.blocks" if "blocks" in backbone["features"] else "features.blocks"
+        blocks = backbone_features(config, name)["blocks"]
+        if isinstance(blocks, str) and blocks != "all":
+            raise ConfigError(f"config key {key}: use 'all' or a list of block indices.")
+        _check_blocks_exist(key, name, backbone["model"], blocks)
+
+
+def backbone_features(config: dict, name: str) -> dict:
+    """The top-level features settings with this backbone's own overrides applied."""
+    return config["features"] | config["backbones"][name].get("features", {})
 
 
 def _check_shard_size(name: str, dataset: dict) -> None:
@@ -115,14 +121,14 @@ def static_backbone(model_spec: str):
         return None
 
 
-def _check_blocks_exist(name: str, model_spec: str, blocks) -> None:
+def _check_blocks_exist(key: str, name: str, model_spec: str, blocks) -> None:
     backbone = static_backbone(model_spec)
     if backbone is None or blocks == "all":
         return
     try:
         backbone.resolve_blocks(blocks)
     except IndexError as err:
-        raise ConfigError(f"config key features.blocks: backbones.{name} ({model_spec}): {err}.") from None
+        raise ConfigError(f"config key {key}: backbones.{name} ({model_spec}): {err}.") from None
 
 
 def load_config(path: str | Path) -> dict:

@@ -34,6 +34,14 @@ def pick_device(requested: str = "auto", lock_dir: str | Path | None = None):
     return torch.device(f"cuda:{index}"), lock
 
 
+def forward_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """Pure bf16 weights on a GPU (faster than autocast, as the paper's bf16 runs); fp32 on the CPU
+    unless bf16 is asked for (an opt-in: it changes the features slightly)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[precision]
+
+
 def build(backbone_cfg: dict, features: dict, seed: int) -> Backbone:
     return create_backbone(backbone_cfg["model"], backbone_cfg.get("weights"), features["final_norm"], seed)
 
@@ -68,6 +76,7 @@ def init_store(store_path, meta_path, backbone_cfg: dict, features: dict, seed: 
         "block_count": len(backbone.block_names),
         "poolings": poolings,
         "final_norm": features["final_norm"],
+        "precision": features.get("precision", "auto"),
         "input_size": backbone.input_size,
     }
     counts = {split: info["count"] for split, info in meta["splits"].items()}
@@ -176,8 +185,7 @@ def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict
     keys = feature_keys(root)
     device, device_lock = pick_device(features["device"])
     try:
-        # Pure bf16 weights on a GPU (faster than autocast, as the paper's bf16 runs); fp32 on the CPU.
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = forward_dtype(features.get("precision", "auto"), device)
         backbone = build(backbone_cfg, features, seed).to(device=device, dtype=dtype)
         batch = backbone_cfg.get("batch_size", "auto")
         batch = (256 if device.type == "cuda" else 64) if batch == "auto" else int(batch)
@@ -192,8 +200,8 @@ def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict
         weights = backbone_cfg.get("weights") or "its default weights"
         raise MimprobeError(
             f"{shard_path}: backbone {backbone_cfg['model']} ({weights}) produced NaN/Inf features in "
-            f"block {block} ({pooling}); nothing was written. Check the weights file, or try fp32 "
-            "(features.device: cpu)."
+            f"block {block} ({pooling}) in {str(dtype).removeprefix('torch.')}; nothing was written. Check the "
+            "weights file, or compute in float32 (features.precision: float32)."
         )
     columns = {"labels": shard["labels"], "coarse_labels": shard["coarse_labels"]}
     columns |= {f"{pooling}/b{block:03d}": values for (block, pooling), values in outputs.items()}

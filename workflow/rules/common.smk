@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 
-from mimprobe.config import shard_names, validate_config
+from mimprobe.config import backbone_features, shard_names, validate_config
 from mimprobe.errors import ConfigError
 from mimprobe.probes import enabled_families
 
@@ -50,11 +50,12 @@ def dataset_config(wildcards):
 def backbone_config(wildcards):
     entry = dict(config["backbones"][wildcards.backbone])
     entry.pop("batch_size", None)  # speed only: changing it must not re-embed
+    entry.pop("features", None)  # part of features_config
     return as_json(entry)
 
 
 def features_config(wildcards):
-    return as_json(config["features"])
+    return as_json(backbone_features(config, wildcards.backbone))
 
 
 def probe_settings(family):
