@@ -5,13 +5,16 @@
         --images 8192 --batch-size 256                                         # GPU: ViT-L/16, bf16
 
 Same images for every path (CIFAR-10 JPEG subset if present, else synthetic uint8), same model,
-batch size and dtype (bf16 on GPU, fp32 on CPU). Writes results/bench/extract_throughput.json.
+batch size and dtype (`--precision auto`: bf16 on GPU, fp32 on CPU; `bfloat16` is the CPU opt-in).
+Writes results/bench/extract_throughput.json.
 - ours_img_s: shard file in -> every requested block, pooled, fp16 -> Zarr region on disk, verified
   (mimprobe.extract.embed_chunk, timed per shard; the model is built once, outside the timing).
 - timm_forward_img_s: model(x) on already-normalised device tensors, features discarded.
 - seed_path_img_s: PIL per image, torchvision ToTensor/Resize/CenterCrop/Normalize, fp32, batch 1,
   forward_features(...).tolist() and a JSON dump (a small subset: it is slow).
-- ceiling_img_s (GPU): a measured bf16 matmul rate / the model's FLOPs per image.
+- ceiling_img_s: a measured matmul rate in the forward's dtype / the model's FLOPs per image, and
+  seed_path_ceiling_ratio = ceiling / seed path: the most any batched path could gain here.
+- bf16_vs_fp32_min_cosine (bf16 runs): the worst per-image cosine of stored-block features against fp32.
 """
 
 from __future__ import annotations
@@ -70,15 +73,16 @@ def bench_ours(backbone, images, args, device) -> float:
     config = validate_config({
         "datasets": {"bench": {"kind": "digits"}},
         "backbones": {"bench": {"model": args.model, "batch_size": args.batch_size}},
-        "features": {"blocks": args.blocks, "pooling": args.pooling, "device": str(device)},
+        "features": {"blocks": args.blocks, "pooling": args.pooling, "device": str(device),
+                     "precision": args.precision},
     })
     backbone_cfg, features = config["backbones"]["bench"], config["features"]
-    extract.build = lambda *a, **k: backbone  # built once; embed_chunk moves it to the device and dtype
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         folder = Path(tmp)
         meta = write_shards(folder, images, args.shard_size)
         store = folder / "bench.zarr"
-        extract.init_store(store, meta, backbone_cfg, features, 0)
+        extract.init_store(store, meta, backbone_cfg, features, 0)  # builds its own CPU copy
+        extract.build = lambda *a, **k: backbone  # built once; embed_chunk moves it to the device and dtype
         names = sorted(p.stem for p in folder.glob("train-*.npz"))
         extract.embed_chunk(store, folder / f"{names[0]}.npz", meta, folder / "warm.json", backbone_cfg, features,
                             0, args.threads)  # warm-up: kernels, allocator, page cache
@@ -123,21 +127,36 @@ def bench_seed_path(model, images, size: int, mean, std, tmp: Path) -> float:
     return len(images) / (time.perf_counter() - began)
 
 
-def ceiling(model, size: int, device) -> dict:
-    """A measured bf16 matmul rate divided by the model's FLOPs per image."""
+def bf16_agreement(model_spec: str, images, args, device) -> float:
+    """Worst per-image cosine between bf16 and fp32 features over every stored block and pooling."""
+    backbone = create_backbone(model_spec, seed=0).to(device)
+    blocks = backbone.resolve_blocks(args.blocks)
+    poolings = [p for p in args.pooling if p in backbone.poolings] or list(backbone.poolings[:1])
+    with torch.inference_mode():
+        x = backbone.preprocess(torch.from_numpy(images).to(device))
+        exact = backbone.forward_blocks(x, blocks, poolings)
+        backbone = backbone.to(dtype=torch.bfloat16)
+        fast = backbone.forward_blocks(x.bfloat16(), blocks, poolings)
+    cosines = [torch.nn.functional.cosine_similarity(fast[k].float(), exact[k].float(), dim=-1).min() for k in exact]
+    return round(float(min(cosines)), 5)
+
+
+def ceiling(model, size: int, device, dtype) -> dict:
+    """A measured matmul rate (in the forward's dtype) divided by the model's FLOPs per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size, device=device, dtype=next(model.parameters()).dtype))
+        model(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
     flops = counter.get_total_flops()
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    side, reps = (8192, 20) if device.type == "cuda" else (2048, 10)
+    a = torch.randn(side, side, device=device, dtype=dtype)
     a @ a
     sync(device)
-    began, reps = time.perf_counter(), 20
+    began = time.perf_counter()
     for _ in range(reps):
         a @ a
     sync(device)
-    rate = reps * 2 * 8192**3 / (time.perf_counter() - began)
+    rate = reps * 2 * side**3 / (time.perf_counter() - began)
     return {"gflop_per_image": round(flops / 1e9, 2), "matmul_tflop_s": round(rate / 1e12, 1),
             "ceiling_img_s": round(rate / flops, 1)}
 
@@ -152,6 +171,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--blocks", default="all", help="'all' or comma-separated indices")
     parser.add_argument("--pooling", default="cls,mean")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="where the shards and store are written (default: system temp)")
     parser.add_argument("--out", default="results/bench/extract_throughput.json")
@@ -162,10 +182,10 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mimprobe.extract import pick_device
+    from mimprobe.extract import forward_dtype, pick_device
 
     device, lock = pick_device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = forward_dtype(args.precision, device)
     images, source = load_images(args.images)
     backbone = create_backbone(args.model, seed=0)
     model = backbone.model.to(device=device, dtype=dtype)
@@ -181,9 +201,11 @@ def main(argv=None) -> dict:
         result["seed_path_img_s"] = round(bench_seed_path(model, images[: args.seed_images], backbone.input_size,
                                                           backbone.mean, backbone.std, Path(tmp)), 2)
         result["seed_path_images"] = args.seed_images
-    if device.type == "cuda":
-        model = model.to(device=device, dtype=dtype)
-        result |= ceiling(model, backbone.input_size, device)
+    model = model.to(device=device, dtype=dtype)
+    result |= ceiling(model, backbone.input_size, device, dtype)
+    result["seed_path_ceiling_ratio"] = round(result["ceiling_img_s"] / result["seed_path_img_s"], 1)
+    if dtype == torch.bfloat16:
+        result["bf16_vs_fp32_min_cosine"] = bf16_agreement(args.model, images[:64], args, device)
     result["ours_vs_timm_forward"] = round(result["ours_img_s"] / result["timm_forward_img_s"], 3)
     result["ours_vs_seed_path"] = round(result["ours_img_s"] / result["seed_path_img_s"], 1)
     out = Path(args.out)
