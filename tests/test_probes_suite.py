@@ -168,3 +168,13 @@ def test_probes_are_reproducible_from_their_seed():
             outcome = family.fit(blobs(), FAST[family], seed=0)
             runs.append((outcome if isinstance(outcome, list) else [outcome])[0].test_probs)
         assert np.array_equal(runs[0], runs[1]), family.__name__
+
+
+def test_standardizer_in_row_blocks_equals_the_whole_array_statistics():
+    from mimprobe.probes.common import standardizer
+
+    x = (np.random.default_rng(0).normal(size=(300, 4, 5)) * 3 + 100).astype(np.float16)  # a token grid
+    mean, std = standardizer(x, chunk_elements=64)  # 3 rows per block
+    whole = torch.as_tensor(x.reshape(300, -1), dtype=torch.float64)
+    assert torch.allclose(mean.double(), whole.mean(0), atol=1e-4)
+    assert torch.allclose(std.double(), whole.std(0), rtol=1e-5)

@@ -141,7 +141,23 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     return payload
 
 
-def standardizer(x: np.ndarray):
-    """Train mean/std as float32 tensors (std floored so constant features stay finite)."""
-    t = torch.as_tensor(x, dtype=torch.float32)
-    return t.mean(0), t.std(0).clamp_min(1e-6)
+def standardizer(x: np.ndarray, chunk_elements: int = 1 << 25):
+    """Train mean and (unbiased) std per feature of `x` flattened to (N, D), as float32 tensors.
+
+    Accumulated in float64 a block of rows at a time, shifted by the first row (no cancellation),
+    so a large fp16 token grid never gets a full-size float copy. Std is floored so constant
+    features stay finite.
+    """
+    x = x.reshape(len(x), -1)
+    shift = x[0].astype(np.float64)
+    total, squares = np.zeros_like(shift), np.zeros_like(shift)
+    rows = max(1, chunk_elements // max(x.shape[1], 1))
+    for start in range(0, len(x), rows):
+        block = x[start:start + rows].astype(np.float64) - shift
+        total += block.sum(0)
+        squares += np.square(block).sum(0)
+    count = len(x)
+    mean = total / count
+    variance = np.maximum(squares - count * mean**2, 0) / max(count - 1, 1)
+    return (torch.as_tensor(mean + shift, dtype=torch.float32),
+            torch.as_tensor(np.sqrt(variance), dtype=torch.float32).clamp_min(1e-6))

@@ -12,13 +12,15 @@ standardised (flattened) features.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from .common import POOLED, ProbeOutcome, Splits
+from .common import POOLED, ProbeOutcome, Splits, standardizer
 from .epochs import train_epochs
 
 DEFAULTS = {"hidden": [256, 128, 128], "epochs": 20, "learning_rate": 1e-3, "batch_size": 128}
 POOLINGS = POOLED + ("tokens",)
+DTYPE = np.float16  # flattened token grids are large: keep them as stored, cast per batch
 
 
 def build_mlp(dim: int, hidden: list[int], num_classes: int) -> torch.nn.Sequential:
@@ -31,15 +33,13 @@ def build_mlp(dim: int, hidden: list[int], num_classes: int) -> torch.nn.Sequent
 
 def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     params = DEFAULTS | params
-    flat = splits.train.x.reshape(len(splits.train.x), -1)
-    mean = torch.as_tensor(flat.mean(0), dtype=torch.float32)
-    std = torch.as_tensor(flat.std(0), dtype=torch.float32).clamp_min(1e-6)
+    mean, std = standardizer(splits.train.x)
 
     def prepare(x):
         return (torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1) - mean) / std
 
     torch.manual_seed(seed)
-    model = build_mlp(flat.shape[1], params["hidden"], splits.num_classes)
+    model = build_mlp(len(mean), params["hidden"], splits.num_classes)
     epoch, validation, history, test_probs = train_epochs(model, splits, prepare, params, seed)
     head = {"mean": mean, "std": std, "hidden": list(params["hidden"]), "state_dict": model.state_dict()}
     return ProbeOutcome(f"epoch={epoch}", {"epoch": epoch, "hidden": params["hidden"]}, validation, test_probs,
