@@ -122,11 +122,14 @@ def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.
         return dict(zip(columns, pool.map(write_one, columns)))
 
 
-def read_features(root, split: str, pooling: str, block: int, rows=None) -> np.ndarray:
+def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=np.float32) -> np.ndarray:
+    """One stored array (or some of its rows) as `dtype`; float16 returns the stored values uncopied."""
     array = root[array_name(split, pooling, block)]
     data = array[:] if rows is None else array.get_orthogonal_selection((rows,))
-    data = np.asarray(data, dtype=np.float32)
-    if not np.isfinite(data).all():  # e.g. a store modified after check_store verified it
+    data = np.asarray(data).astype(dtype, copy=False)
+    step = max(1, (1 << 24) // max(data[:1].size, 1))  # rows per check: a bounded boolean temporary
+    if not all(np.isfinite(data[i:i + step]).all() for i in range(0, len(data), step)):
+        # e.g. a store modified after check_store verified it
         raise DataError(
             f"{root.store.root / array.path}: features hold NaN/Inf. Delete the store and its .chunks/ "
             "and .ok.json files and rerun snakemake to re-embed."

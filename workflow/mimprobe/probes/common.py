@@ -58,9 +58,9 @@ class ProbeOutcome:
 
 
 def load_splits(root, meta: dict, block: int, pooling: str, dtype=np.float32) -> Splits:
-    x_train = read_features(root, "train", pooling, block).astype(dtype, copy=False)
+    x_train = read_features(root, "train", pooling, block, dtype=dtype)
     y_train = np.asarray(root["train/labels"][:])
-    x_test = read_features(root, "test", pooling, block).astype(dtype, copy=False)
+    x_test = read_features(root, "test", pooling, block, dtype=dtype)
     y_test = np.asarray(root["test/labels"][:])
     val_rows = np.asarray(meta["validation"]["train_positions"], dtype=np.int64)
     keep = np.ones(len(y_train), dtype=bool)
