@@ -80,7 +80,8 @@ def init_store(store_path, meta_path, backbone_cfg: dict, features: dict, seed: 
         "input_size": backbone.input_size,
     }
     counts = {split: info["count"] for split, info in meta["splits"].items()}
-    create_store(store_path, attrs, counts, meta["shard_size"], shapes, features["compressor"])
+    create_store(store_path, attrs, counts, meta["shard_size"], shapes, features["compressor"],
+                 features["chunk_rows"])
 
 
 class _HostWriter:

@@ -1,7 +1,8 @@
-"""The Zarr v3 feature store: one per backbone x dataset, chunked exactly at shard boundaries.
+"""The Zarr v3 feature store: one per backbone x dataset, chunked at a divisor of the shard size.
 
 Layout: `{split}/labels`, `{split}/coarse_labels`, `{split}/{pooling}/b{block:03d}` (N, D) fp16,
 and `{split}/tokens/b{block:03d}` (N, T, D) fp16. Root attributes describe blocks and dims.
+Every shard region is whole chunks, so concurrent embedding jobs never share a chunk.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ from .atomic import sha256_bytes
 from .errors import DataError
 
 
+def feature_column(block: int, pooling: str) -> str:
+    return f"{pooling}/b{block:03d}"
+
+
 def array_name(split: str, pooling: str, block: int) -> str:
-    return f"{split}/{pooling}/b{block:03d}"
+    return f"{split}/{feature_column(block, pooling)}"
+
+
+def store_chunk_rows(shard_size: int, at_most: int) -> int:
+    """The largest divisor of shard_size not above at_most; a shard size without a near one (a
+    prime) keeps one chunk per shard rather than a flood of tiny chunk files."""
+    limit = min(shard_size, at_most)
+    rows = max(d for d in range(1, limit + 1) if shard_size % d == 0)
+    return rows if 4 * rows >= limit else shard_size
 
 
 def _compressors(name: str):
@@ -30,22 +43,24 @@ def _compressors(name: str):
 
 
 def create_store(path: str | Path, attrs: dict, split_counts: dict[str, int], shard_size: int,
-                 feature_shapes: dict[tuple[int, str], tuple[int, ...]], compressor: str) -> None:
+                 feature_shapes: dict[tuple[int, str], tuple[int, ...]], compressor: str,
+                 max_chunk_rows: int) -> None:
     """Create every array of the store in a temporary folder, then move it into place."""
     path = Path(path)
+    rows = store_chunk_rows(shard_size, max_chunk_rows)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for split, count in split_counts.items():
         for name in ("labels", "coarse_labels"):
-            root.create_array(f"{split}/{name}", shape=(count,), chunks=(shard_size,), dtype="int64",
+            root.create_array(f"{split}/{name}", shape=(count,), chunks=(rows,), dtype="int64",
                               fill_value=-1, compressors=None)
         for (block, pooling), shape in feature_shapes.items():
             root.create_array(array_name(split, pooling, block), shape=(count, *shape),
-                              chunks=(shard_size, *shape), dtype="float16", fill_value=0,
+                              chunks=(rows, *shape), dtype="float16", fill_value=0,
                               compressors=_compressors(compressor))
-    root.attrs.update(attrs | {"split_counts": split_counts, "shard_size": shard_size,
-                               "arrays": {f"{p}/b{b:03d}": list(s) for (b, p), s in feature_shapes.items()}})
+    root.attrs.update(attrs | {"split_counts": split_counts, "shard_size": shard_size, "chunk_rows": rows,
+                               "arrays": {feature_column(b, p): list(s) for (b, p), s in feature_shapes.items()}})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -67,11 +82,11 @@ def require_chunk_files(root, path: Path) -> None:
     for split, count in root.attrs["split_counts"].items():
         for name in ["labels", "coarse_labels", *root.attrs["arrays"]]:
             array = root[f"{split}/{name}"]
-            others = (0,) * (array.ndim - 1)
-            for index in range(-(-count // shard_size)):
+            rows, others = array.chunks[0], (0,) * (array.ndim - 1)
+            for index in range(-(-count // rows)):
                 chunk = path / array.path / array.metadata.encode_chunk_key((index, *others))
                 if not chunk.is_file():
-                    shard = f"{split}-{index:04d}"
+                    shard = f"{split}-{index * rows // shard_size:04d}"
                     flags = path.with_name(path.name.removesuffix(".zarr") + ".chunks")
                     raise DataError(
                         f"{chunk}: store chunk file missing (deleted, or its job never finished). Delete "
