@@ -104,17 +104,10 @@ def feature_keys(root) -> list[tuple[int, str]]:
     return sorted(keys)
 
 
-def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray],
-                 after_each=None) -> dict[str, str]:
-    """Write one shard's rows into each named array, read them back, and return their checksums.
-
-    Arrays are independent files, so they are written (and hashed) from a few threads at once.
-    `after_each(name)` runs after each array is written (the fault tests pause a job there).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def write_one(name: str) -> str:
-        values = columns[name]
+def region_arrays(root, split: str, start: int, stop: int, names: list[str]) -> dict:
+    """The named arrays of a split, ready to write rows start:stop, which must be whole chunks."""
+    arrays = {}
+    for name in names:
         # Every chunk gets a file, even one equal to the fill value (coarse labels of a dataset
         # without them), so that a missing file always means a deleted or unwritten chunk.
         array = root[f"{split}/{name}"].with_config({"write_empty_chunks": True})
@@ -125,16 +118,27 @@ def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.
                 f"store array {split}/{name} is chunked every {rows} rows but shard rows {start}:{stop} "
                 "do not fall on chunk boundaries. Delete the store and its .chunks/ flags and rerun."
             )
-        array[start:stop] = values
-        if after_each is not None:
-            after_each(name)
-        stored = np.asarray(array[start:stop])
-        if not np.array_equal(stored, values.astype(array.dtype, copy=False), equal_nan=True):
-            raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
-        return sha256_bytes(np.ascontiguousarray(stored).tobytes())
+        arrays[name] = array
+    return arrays
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(zip(columns, pool.map(write_one, columns)))
+
+def rows_digest(values: np.ndarray) -> str:
+    return sha256_bytes(np.ascontiguousarray(values).tobytes())
+
+
+def region_checksums(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray]) -> dict[str, str]:
+    """Read rows start:stop of each named array back, require what was written, return their sha256."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check_one(name: str) -> str:
+        array = root[f"{split}/{name}"]
+        stored = np.asarray(array[start:stop])
+        if not np.array_equal(stored, columns[name].astype(array.dtype, copy=False), equal_nan=True):
+            raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
+        return rows_digest(stored)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # arrays are separate files
+        return dict(zip(columns, pool.map(check_one, columns)))
 
 
 def read_features(root, split: str, pooling: str, block: int, rows=None) -> np.ndarray:
@@ -161,7 +165,7 @@ def verify_store(store_path, flag_paths: list[str | Path]) -> dict:
         for name, expected in flag["checksums"].items():
             array = root[f"{split}/{name}"]
             values = np.asarray(array[start:stop])
-            if sha256_bytes(np.ascontiguousarray(values).tobytes()) != expected:
+            if rows_digest(values) != expected:
                 problems.append(f"{split}/{name} rows {start}:{stop} (flag {flag_path})")
             elif values.dtype.kind == "f" and not np.isfinite(values).all():
                 problems.append(f"{split}/{name} rows {start}:{stop} holds NaN/Inf")
