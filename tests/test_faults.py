@@ -37,9 +37,12 @@ FLAGS = "results/embeddings/pixels/digits.chunks"
 
 
 def pixels_config(**dataset) -> dict:
-    """Pixels on 128 + 32 digits in shards of 32: five embedding jobs that take a second each."""
+    """Pixels on 128 + 32 digits in shards of 32: five embedding jobs that take a second each, each
+    writing four store chunks of 8 rows from batches of 8."""
     digits = {"kind": "digits", "shard_size": 32, "limit": {"train": 128, "test": 32}} | dataset
-    return tiny_config(datasets={"digits": digits}, backbones={"pixels": {"model": "pixels"}})
+    config = tiny_config(datasets={"digits": digits}, backbones={"pixels": {"model": "pixels", "batch_size": 8}})
+    config["features"]["chunk_rows"] = 8
+    return config
 
 
 def chunk_digests(workdir: Path) -> dict[str, str]:
@@ -195,10 +198,10 @@ def test_truncated_shard_stops_its_chunk_job_and_everything_after_it(concurrent_
 def test_store_chunk_deleted_by_hand_is_named_and_the_named_fix_works(concurrent_run, tmp_path):
     reference, _ = concurrent_run
     workdir = copy_run(reference, tmp_path / "run")
-    chunk = workdir / STORE / "train/flat/b000/c/2/0"
+    chunk = workdir / STORE / "train/flat/b000/c/9/0"  # rows 72:80, inside shard train-0002
     chunk.unlink()
     text = snakemake_fails(workdir, pixels_config(), "logs/probe_knn/pixels/digits.log",
-                           "train/flat/b000/c/2/0", "store chunk file missing")
+                           "train/flat/b000/c/9/0", "store chunk file missing")
     # The message says which flag to delete; doing so re-embeds just that shard.
     assert f"{FLAGS}/train-0002.json" in text and CHECKED in text
     (workdir / FLAGS / "train-0002.json").unlink()

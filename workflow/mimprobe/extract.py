@@ -1,4 +1,5 @@
-"""The batched device path: uint8 shard -> device -> preprocess -> one forward -> pooled fp16 -> store."""
+"""The batched device path: uint8 shard -> device -> preprocess -> one forward -> pooled fp16 -> a
+background writer to the Zarr region, overlapped with the next batch."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .backbones import Backbone, create_backbone
 from .errors import MimprobeError
 from .faults import pause_mid_write
 from .shards import read_meta, read_shard
-from .store import create_store, feature_keys, open_store, write_region
+from .store import create_store, feature_keys, open_store, region_checksums
+from .writer import RegionWriter
 
 TOKENS = "tokens"
 
@@ -80,66 +82,13 @@ def init_store(store_path, meta_path, backbone_cfg: dict, features: dict, seed: 
         "input_size": backbone.input_size,
     }
     counts = {split: info["count"] for split, info in meta["splits"].items()}
-    create_store(store_path, attrs, counts, meta["shard_size"], shapes, features["compressor"])
+    create_store(store_path, attrs, counts, meta["shard_size"], shapes, features["compressor"],
+                 features["chunk_rows"])
 
 
-class _HostWriter:
-    """Moves each batch's pooled features into host fp16 buffers on a background thread.
-
-    The forward pass of the next batch is queued while this thread waits for the device-to-host
-    copy (a separate CUDA stream) or, on the CPU, converts to fp16 and checks for NaN/Inf.
-    """
-
-    def __init__(self, count: int, device: torch.device):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.count, self.device = count, device
-        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
-        self.non_finite: set[tuple[int, str]] = set()
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mimprobe-writer")
-        self.pending = []
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def submit(self, start: int, stop: int, pooled: dict) -> None:
-        for key, value in pooled.items():
-            if key not in self.buffers:
-                self.buffers[key] = torch.empty((self.count, *value.shape[1:]), dtype=torch.float16,
-                                                pin_memory=self.stream is not None)
-        if self.stream is not None:
-            done = torch.cuda.Event()
-            done.record()
-            with torch.cuda.stream(self.stream):
-                self.stream.wait_event(done)
-                for key, value in pooled.items():
-                    half = value.to(torch.float16)
-                    self.buffers[key][start:stop].copy_(half, non_blocking=True)
-                    half.record_stream(self.stream)
-            copied = torch.cuda.Event()
-            copied.record(self.stream)
-        else:
-            copied = None
-        self.pending.append(self.pool.submit(self._finish, start, stop, pooled, copied))
-        if len(self.pending) > 2:  # bound the batches in flight (host memory, device memory)
-            self.pending.pop(0).result()
-
-    def _finish(self, start, stop, pooled, copied) -> None:
-        for key, value in pooled.items():
-            if copied is None:
-                self.buffers[key][start:stop].copy_(value)  # fp32 -> fp16 on the CPU
-            else:
-                copied.synchronize()
-            if not torch.isfinite(self.buffers[key][start:stop]).all():
-                self.non_finite.add(key)
-
-    def close(self) -> dict[tuple[int, str], np.ndarray]:
-        for future in self.pending:
-            future.result()
-        self.pool.shutdown()
-        return {key: buffer.numpy() for key, buffer in self.buffers.items()}
-
-
-def _forward_all(backbone, images: np.ndarray, keys, device, dtype, batch_size: int, label: str):
-    """Run every batch; on out-of-memory halve the batch and continue from where it failed."""
+def _forward_all(backbone, images: np.ndarray, keys, device, dtype, batch_size: int, label: str,
+                 writer: RegionWriter) -> None:
+    """Run every batch into the writer; on out-of-memory halve the batch and continue from where it failed."""
     from tqdm import tqdm
 
     blocks = sorted({b for b, _ in keys})
@@ -147,10 +96,9 @@ def _forward_all(backbone, images: np.ndarray, keys, device, dtype, batch_size: 
     host = torch.from_numpy(images)
     if device.type == "cuda":
         host = host.pin_memory()  # one pinned copy of the shard: every batch upload is asynchronous
-    writer = _HostWriter(len(images), device)
     start = 0
     bar = tqdm(total=len(images), desc=label, unit="img", file=sys.stderr, mininterval=5, ascii=True)
-    while start < len(images):
+    while start < len(images) and not writer.non_finite:  # the job fails anyway: stop early
         stop = min(start + batch_size, len(images))
         try:
             with torch.inference_mode():
@@ -166,14 +114,16 @@ def _forward_all(backbone, images: np.ndarray, keys, device, dtype, batch_size: 
         writer.submit(start, stop, {key: pooled[key] for key in keys})
         bar.update(stop - start)
         start = stop
-    outputs = writer.close()
     bar.close()
-    return outputs, writer.non_finite
 
 
 def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict, features: dict,
                 seed: int, threads: int | None = None) -> dict:
-    """Embed one shard into its chunk-aligned region of the store, then write the flag file."""
+    """Embed one shard into its chunk-aligned region of the store, check it, then write the flag file.
+
+    Each chunk is written as soon as its rows are computed, while later batches run; a failed job
+    may leave part of its region written but never a flag, so Snakemake embeds the shard again.
+    """
     if threads:
         torch.set_num_threads(threads)  # the job's share of the cores, as Snakemake granted them
     meta = read_meta(meta_path)
@@ -189,23 +139,25 @@ def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict
         backbone = build(backbone_cfg, features, seed).to(device=device, dtype=dtype)
         batch = backbone_cfg.get("batch_size", "auto")
         batch = (256 if device.type == "cuda" else 64) if batch == "auto" else int(batch)
+        labels = {"labels": shard["labels"], "coarse_labels": shard["coarse_labels"]}
         began = time.perf_counter()
-        outputs, non_finite = _forward_all(backbone, shard["images"], keys, device, dtype, batch, shard_name)
-        seconds = time.perf_counter() - began
+        with RegionWriter(root, split, info["start"], info["stop"], labels, keys, device,
+                          after_each=pause_mid_write) as writer:
+            _forward_all(backbone, shard["images"], keys, device, dtype, batch, shard_name, writer)
+            columns = writer.finish()
+        seconds = time.perf_counter() - began  # forward passes and store writes, overlapped
     finally:
         if device_lock is not None:
             device_lock.close()
-    if non_finite:
-        block, pooling = sorted(non_finite)[0]
+    if writer.non_finite:
+        block, pooling = sorted(writer.non_finite)[0]
         weights = backbone_cfg.get("weights") or "its default weights"
         raise MimprobeError(
             f"{shard_path}: backbone {backbone_cfg['model']} ({weights}) produced NaN/Inf features in "
-            f"block {block} ({pooling}) in {str(dtype).removeprefix('torch.')}; nothing was written. Check the "
-            "weights file, or compute in float32 (features.precision: float32)."
+            f"block {block} ({pooling}) in {str(dtype).removeprefix('torch.')}; the shard was not marked done. "
+            "Check the weights file, or compute in float32 (features.precision: float32)."
         )
-    columns = {"labels": shard["labels"], "coarse_labels": shard["coarse_labels"]}
-    columns |= {f"{pooling}/b{block:03d}": values for (block, pooling), values in outputs.items()}
-    checksums = write_region(root, split, info["start"], info["stop"], columns, after_each=pause_mid_write)
+    checksums = region_checksums(root, split, info["start"], info["stop"], columns)
     record = {
         "shard": shard_name, "split": split, "start": info["start"], "stop": info["stop"],
         "device": str(device), "dtype": str(dtype).removeprefix("torch."), "seconds": round(seconds, 3),

@@ -1,7 +1,8 @@
-"""The Zarr v3 feature store: one per backbone x dataset, chunked exactly at shard boundaries.
+"""The Zarr v3 feature store: one per backbone x dataset, chunked at a divisor of the shard size.
 
 Layout: `{split}/labels`, `{split}/coarse_labels`, `{split}/{pooling}/b{block:03d}` (N, D) fp16,
 and `{split}/tokens/b{block:03d}` (N, T, D) fp16. Root attributes describe blocks and dims.
+Every shard region is whole chunks, so concurrent embedding jobs never share a chunk.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ from .atomic import sha256_bytes
 from .errors import DataError
 
 
+def feature_column(block: int, pooling: str) -> str:
+    return f"{pooling}/b{block:03d}"
+
+
 def array_name(split: str, pooling: str, block: int) -> str:
-    return f"{split}/{pooling}/b{block:03d}"
+    return f"{split}/{feature_column(block, pooling)}"
+
+
+def store_chunk_rows(shard_size: int, at_most: int) -> int:
+    """The largest divisor of shard_size not above at_most; a shard size without a near one (a
+    prime) keeps one chunk per shard rather than a flood of tiny chunk files."""
+    limit = min(shard_size, at_most)
+    rows = max(d for d in range(1, limit + 1) if shard_size % d == 0)
+    return rows if 4 * rows >= limit else shard_size
 
 
 def _compressors(name: str):
@@ -30,22 +43,24 @@ def _compressors(name: str):
 
 
 def create_store(path: str | Path, attrs: dict, split_counts: dict[str, int], shard_size: int,
-                 feature_shapes: dict[tuple[int, str], tuple[int, ...]], compressor: str) -> None:
+                 feature_shapes: dict[tuple[int, str], tuple[int, ...]], compressor: str,
+                 max_chunk_rows: int) -> None:
     """Create every array of the store in a temporary folder, then move it into place."""
     path = Path(path)
+    rows = store_chunk_rows(shard_size, max_chunk_rows)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for split, count in split_counts.items():
         for name in ("labels", "coarse_labels"):
-            root.create_array(f"{split}/{name}", shape=(count,), chunks=(shard_size,), dtype="int64",
+            root.create_array(f"{split}/{name}", shape=(count,), chunks=(rows,), dtype="int64",
                               fill_value=-1, compressors=None)
         for (block, pooling), shape in feature_shapes.items():
             root.create_array(array_name(split, pooling, block), shape=(count, *shape),
-                              chunks=(shard_size, *shape), dtype="float16", fill_value=0,
+                              chunks=(rows, *shape), dtype="float16", fill_value=0,
                               compressors=_compressors(compressor))
-    root.attrs.update(attrs | {"split_counts": split_counts, "shard_size": shard_size,
-                               "arrays": {f"{p}/b{b:03d}": list(s) for (b, p), s in feature_shapes.items()}})
+    root.attrs.update(attrs | {"split_counts": split_counts, "shard_size": shard_size, "chunk_rows": rows,
+                               "arrays": {feature_column(b, p): list(s) for (b, p), s in feature_shapes.items()}})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
@@ -67,11 +82,11 @@ def require_chunk_files(root, path: Path) -> None:
     for split, count in root.attrs["split_counts"].items():
         for name in ["labels", "coarse_labels", *root.attrs["arrays"]]:
             array = root[f"{split}/{name}"]
-            others = (0,) * (array.ndim - 1)
-            for index in range(-(-count // shard_size)):
+            rows, others = array.chunks[0], (0,) * (array.ndim - 1)
+            for index in range(-(-count // rows)):
                 chunk = path / array.path / array.metadata.encode_chunk_key((index, *others))
                 if not chunk.is_file():
-                    shard = f"{split}-{index:04d}"
+                    shard = f"{split}-{index * rows // shard_size:04d}"
                     flags = path.with_name(path.name.removesuffix(".zarr") + ".chunks")
                     raise DataError(
                         f"{chunk}: store chunk file missing (deleted, or its job never finished). Delete "
@@ -89,17 +104,10 @@ def feature_keys(root) -> list[tuple[int, str]]:
     return sorted(keys)
 
 
-def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray],
-                 after_each=None) -> dict[str, str]:
-    """Write one shard's rows into each named array, read them back, and return their checksums.
-
-    Arrays are independent files, so they are written (and hashed) from a few threads at once.
-    `after_each(name)` runs after each array is written (the fault tests pause a job there).
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def write_one(name: str) -> str:
-        values = columns[name]
+def region_arrays(root, split: str, start: int, stop: int, names: list[str]) -> dict:
+    """The named arrays of a split, ready to write rows start:stop, which must be whole chunks."""
+    arrays = {}
+    for name in names:
         # Every chunk gets a file, even one equal to the fill value (coarse labels of a dataset
         # without them), so that a missing file always means a deleted or unwritten chunk.
         array = root[f"{split}/{name}"].with_config({"write_empty_chunks": True})
@@ -110,16 +118,27 @@ def write_region(root, split: str, start: int, stop: int, columns: dict[str, np.
                 f"store array {split}/{name} is chunked every {rows} rows but shard rows {start}:{stop} "
                 "do not fall on chunk boundaries. Delete the store and its .chunks/ flags and rerun."
             )
-        array[start:stop] = values
-        if after_each is not None:
-            after_each(name)
-        stored = np.asarray(array[start:stop])
-        if not np.array_equal(stored, values.astype(array.dtype, copy=False), equal_nan=True):
-            raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
-        return sha256_bytes(np.ascontiguousarray(stored).tobytes())
+        arrays[name] = array
+    return arrays
 
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return dict(zip(columns, pool.map(write_one, columns)))
+
+def rows_digest(values: np.ndarray) -> str:
+    return sha256_bytes(np.ascontiguousarray(values).tobytes())
+
+
+def region_checksums(root, split: str, start: int, stop: int, columns: dict[str, np.ndarray]) -> dict[str, str]:
+    """Read rows start:stop of each named array back, require what was written, return their sha256."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check_one(name: str) -> str:
+        array = root[f"{split}/{name}"]
+        stored = np.asarray(array[start:stop])
+        if not np.array_equal(stored, columns[name].astype(array.dtype, copy=False), equal_nan=True):
+            raise DataError(f"store array {split}/{name}: rows {start}:{stop} did not read back as written")
+        return rows_digest(stored)
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # arrays are separate files
+        return dict(zip(columns, pool.map(check_one, columns)))
 
 
 def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=np.float32) -> np.ndarray:
@@ -149,7 +168,7 @@ def verify_store(store_path, flag_paths: list[str | Path]) -> dict:
         for name, expected in flag["checksums"].items():
             array = root[f"{split}/{name}"]
             values = np.asarray(array[start:stop])
-            if sha256_bytes(np.ascontiguousarray(values).tobytes()) != expected:
+            if rows_digest(values) != expected:
                 problems.append(f"{split}/{name} rows {start}:{stop} (flag {flag_path})")
             elif values.dtype.kind == "f" and not np.isfinite(values).all():
                 problems.append(f"{split}/{name} rows {start}:{stop} holds NaN/Inf")
