@@ -9,7 +9,8 @@ batch size and dtype (`--precision auto`: bf16 on GPU, fp32 on CPU; `bfloat16` i
 Writes results/bench/extract_throughput.json.
 - ours_img_s: shard file in -> every requested block, pooled, fp16 -> Zarr region on disk, verified
   (mimprobe.extract.embed_chunk, timed per shard; the model is built once, outside the timing).
-- timm_forward_img_s: model(x) on already-normalised device tensors, features discarded.
+- timm_forward_img_s: model(x) on already-normalised device tensors, features discarded; measured
+  before and after ours, the better of the two.
 - seed_path_img_s: PIL per image, torchvision ToTensor/Resize/CenterCrop/Normalize, fp32, batch 1,
   forward_features(...).tolist() and a JSON dump (a small subset: it is slow).
 - ceiling_img_s: a measured matmul rate in the forward's dtype / the model's FLOPs per image, and
@@ -194,9 +195,12 @@ def main(argv=None) -> dict:
               else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
               "dtype": str(dtype).removeprefix("torch."), "batch_size": args.batch_size, "images": len(images),
               "blocks": args.blocks, "pooling": args.pooling, "image_source": source}
-    result["timm_forward_img_s"] = round(bench_timm_forward(model, images, args, device, dtype,
-                                                             backbone.preprocess), 1)
+    # timm's forward runs before and after ours and keeps its better rate: no edge from running second
+    timm_before = bench_timm_forward(model, images, args, device, dtype, backbone.preprocess)
     result["ours_img_s"] = round(bench_ours(backbone, images, args, device), 1)
+    model = model.to(device=device, dtype=dtype)
+    timm_after = bench_timm_forward(model, images, args, device, dtype, backbone.preprocess)
+    result["timm_forward_img_s"] = round(max(timm_before, timm_after), 1)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         result["seed_path_img_s"] = round(bench_seed_path(model, images[: args.seed_images], backbone.input_size,
                                                           backbone.mean, backbone.std, Path(tmp)), 2)

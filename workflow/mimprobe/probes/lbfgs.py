@@ -38,11 +38,19 @@ class Design:
 
 def _closure(x, x_t, y, weight, bias, penalty: float, loss: str):
     rows, count = torch.arange(len(y)), len(y)
+    # Buffers reused by every evaluation: fresh (N, K) tensors each time would be fresh pages from
+    # the kernel (page faults and zeroing cost as much as the softmax).
+    products = torch.empty((len(y), weight.shape[1]), dtype=x.dtype)
+    logits = torch.empty((len(y), weight.shape[1])) if x.dtype != torch.float32 else products
+    gradient = torch.empty(weight.shape, dtype=x.dtype)
 
     def closure():
         w = weight.detach()
-        logits = (x @ w.to(x.dtype)).float().add_(bias.detach())
-        if loss == "logistic":  # softmax in place: the (N, K) logits are the largest temporary
+        torch.mm(x, w.to(x.dtype), out=products)
+        if logits is not products:
+            logits.copy_(products)
+        logits.add_(bias.detach())
+        if loss == "logistic":  # softmax in place
             logits.sub_(logits.amax(1, keepdim=True))
             true_class = logits[rows, y]
             residual = logits.exp_()
@@ -56,7 +64,10 @@ def _closure(x, x_t, y, weight, bias, penalty: float, loss: str):
             value = margin.pow(2).sum(1).mean()
             residual = margin.mul_(signs).mul_(-2)
         residual /= count
-        weight.grad = (x_t @ residual.to(x.dtype)).float().add_(w, alpha=2 * penalty)
+        if residual is not products:
+            products.copy_(residual)
+        torch.mm(x_t, products, out=gradient)
+        weight.grad = gradient.float().add_(w, alpha=2 * penalty)
         bias.grad = residual.sum(0)
         return value + penalty * w.pow(2).sum()
 
