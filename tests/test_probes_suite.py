@@ -178,3 +178,18 @@ def test_standardizer_in_row_blocks_equals_the_whole_array_statistics():
     whole = torch.as_tensor(x.reshape(300, -1), dtype=torch.float64)
     assert torch.allclose(mean.double(), whole.mean(0), atol=1e-4)
     assert torch.allclose(std.double(), whole.std(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", [mlp, attentive])
+def test_token_grids_as_row_views_give_the_same_fit_as_copies(family):
+    from mimprobe.probes.common import RowView
+
+    copies = blobs(tokens=4)
+    whole = np.concatenate([copies.train.x, copies.val.x])
+    views = Splits(Split(RowView(whole, np.arange(len(copies.train.y))), copies.train.y),
+                   Split(RowView(whole, np.arange(len(copies.train.y), len(whole))), copies.val.y),
+                   copies.test, copies.train_all, copies.num_classes)
+    assert views.train.x.base is whole and views.val.x.base is whole  # no copies held
+    expected, got = family.fit(copies, FAST[family], 0), family.fit(views, FAST[family], 0)
+    assert got.setting == expected.setting
+    assert np.array_equal(got.test_probs, expected.test_probs)
