@@ -193,3 +193,14 @@ def test_token_grids_as_row_views_give_the_same_fit_as_copies(family):
     expected, got = family.fit(copies, FAST[family], 0), family.fit(views, FAST[family], 0)
     assert got.setting == expected.setting
     assert np.array_equal(got.test_probs, expected.test_probs)
+
+
+def test_auto_precision_falls_back_to_float32_on_cpus_without_bf16(monkeypatch):
+    from mimprobe.probes import linear as linear_module
+    from mimprobe.probes.lbfgs import Design
+
+    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: False)
+    assert linear_module.matmul_dtype("auto") == torch.float32
+    assert Design.of(torch.ones(3, 2), "auto").fast is None
+    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: True)
+    assert Design.of(torch.ones(3, 2), "auto").fast.dtype == torch.bfloat16

@@ -59,10 +59,16 @@ def feature_sets(keys, block_sets, per_block=True) -> list[FeatureSet]:
     return sets
 
 
+def cpu_has_fast_bf16() -> bool:
+    """bf16 instructions (AVX512-BF16 or AMX) on this CPU; without them bf16 products are emulated."""
+    cpu = torch.cpu
+    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def matmul_dtype(precision: str) -> torch.dtype:
+    """Probes compute on the CPU (a GPU node's GPU is for embedding), so 'auto' asks the CPU."""
     if precision == "auto":
-        fast_bf16 = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if fast_bf16 else torch.float32
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[precision]
 
 
