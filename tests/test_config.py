@@ -61,7 +61,8 @@ def test_a_backbone_overrides_only_the_features_keys_it_names():
     from mimprobe.config import backbone_features
 
     config = tiny_config()
-    config["backbones"]["random_vit"]["features"] = {"blocks": "all", "precision": "bfloat16"}
+    config["backbones"]["random_vit"]["features"] = {"blocks": "all", "precision": "bfloat16", "chunk_rows": 16}
     config = validate_config(config)
-    assert backbone_features(config, "random_vit") == config["features"] | {"blocks": "all", "precision": "bfloat16"}
+    assert backbone_features(config, "random_vit") == config["features"] | {"blocks": "all", "precision": "bfloat16",
+                                                                            "chunk_rows": 16}
     assert backbone_features(config, "pixels") == config["features"]
