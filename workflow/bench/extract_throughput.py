@@ -75,7 +75,7 @@ def bench_ours(backbone, images, args, device) -> float:
         "datasets": {"bench": {"kind": "digits"}},
         "backbones": {"bench": {"model": args.model, "batch_size": args.batch_size}},
         "features": {"blocks": args.blocks, "pooling": args.pooling, "device": str(device),
-                     "precision": args.precision},
+                     "precision": args.precision, "chunk_rows": args.chunk_rows},
     })
     backbone_cfg, features = config["backbones"]["bench"], config["features"]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
@@ -173,6 +173,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--pooling", default="cls,mean")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--chunk-rows", type=int, default=256,
+                        help="store chunk rows (at most); the shard size writes each shard once, after its last batch")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--tmp", default=None, help="where the shards and store are written (default: system temp)")
     parser.add_argument("--out", default="results/bench/extract_throughput.json")
@@ -194,7 +196,7 @@ def main(argv=None) -> dict:
     result = {"model": args.model, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
               else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
               "dtype": str(dtype).removeprefix("torch."), "batch_size": args.batch_size, "images": len(images),
-              "blocks": args.blocks, "pooling": args.pooling, "image_source": source}
+              "blocks": args.blocks, "pooling": args.pooling, "chunk_rows": args.chunk_rows, "image_source": source}
     # timm's forward runs before and after ours and keeps its better rate: no edge from running second
     timm_before = bench_timm_forward(model, images, args, device, dtype, backbone.preprocess)
     result["ours_img_s"] = round(bench_ours(backbone, images, args, device), 1)
