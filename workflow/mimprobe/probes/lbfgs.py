@@ -3,8 +3,9 @@
 Objective (sklearn's, divided by C·N so it does not grow with N):
     mean_i loss(x_i W + b, y_i) + ||W||² / (2 C N)      (the bias is not penalised)
 with loss = multinomial cross-entropy, or one-vs-rest squared hinge (LinearSVC's default loss).
-Gradients are written by hand: two matrix products per evaluation (X W and Xᵀ R), nothing kept
-for autograd, and Xᵀ stored once so the second product reads memory in order.
+Gradients are written by hand (the residual R = d loss / d logits, then Xᵀ R): nothing is kept for
+autograd, Xᵀ is stored once so its product reads memory in order, and the line search works on
+cached logits, so an iteration costs two matrix products however many steps it tries.
 """
 
 from __future__ import annotations
@@ -36,51 +37,132 @@ class Design:
         return cls(x, fast, fast.T.contiguous())
 
 
-def _closure(x, x_t, y, weight, bias, penalty: float, loss: str):
-    rows, count = torch.arange(len(y)), len(y)
-    # Buffers reused by every evaluation: fresh (N, K) tensors each time would be fresh pages from
-    # the kernel (page faults and zeroing cost as much as the softmax).
-    products = torch.empty((len(y), weight.shape[1]), dtype=x.dtype)
-    logits = torch.empty((len(y), weight.shape[1])) if x.dtype != torch.float32 else products
-    gradient = torch.empty(weight.shape, dtype=x.dtype)
+class LogitLoss:
+    """Mean loss of logits (N, K) for labels y, and its residual R = d(mean loss)/d(logits)."""
 
-    def closure():
-        w = weight.detach()
-        torch.mm(x, w.to(x.dtype), out=products)
-        if logits is not products:
-            logits.copy_(products)
-        logits.add_(bias.detach())
-        if loss == "logistic":  # softmax in place
-            logits.sub_(logits.amax(1, keepdim=True))
-            true_class = logits[rows, y]
-            residual = logits.exp_()
-            norm = residual.sum(1, keepdim=True)
-            value = (norm.log().squeeze(1) - true_class).mean()
-            residual.div_(norm)[rows, y] -= 1
+    def __init__(self, y: torch.Tensor, num_classes: int, loss: str):
+        self.y, self.loss, self.count = y, loss, len(y)
+        self.rows = torch.arange(len(y))
+        self.buffer = torch.empty((len(y), num_classes))  # reused: holds the residual of the last call
+        if loss != "logistic":
+            self.signs = torch.full((len(y), num_classes), -1.0)
+            self.signs[self.rows, y] = 1
+
+    def at(self, logits, direction=None, step: float = 0.0) -> tuple[float, torch.Tensor]:
+        """(mean loss, residual) at logits + step * direction."""
+        t = self.buffer.copy_(logits) if direction is None else torch.add(logits, direction, alpha=step,
+                                                                           out=self.buffer)
+        if self.loss == "logistic":  # softmax in place
+            t.sub_(t.amax(1, keepdim=True))
+            true_class = t[self.rows, self.y]
+            t.exp_()
+            norm = t.sum(1, keepdim=True)
+            value = float((norm.log().squeeze(1) - true_class).mean())
+            t.div_(norm)[self.rows, self.y] -= 1
         else:
-            signs = torch.full_like(logits, -1.0)
-            signs[rows, y] = 1
-            margin = (1 - signs * logits).clamp_(min=0)
-            value = margin.pow(2).sum(1).mean()
-            residual = margin.mul_(signs).mul_(-2)
-        residual /= count
-        if residual is not products:
-            products.copy_(residual)
-        torch.mm(x_t, products, out=gradient)
-        weight.grad = gradient.float().add_(w, alpha=2 * penalty)
-        bias.grad = residual.sum(0)
-        return value + penalty * w.pow(2).sum()
-
-    return closure
+            t.mul_(self.signs).neg_().add_(1).clamp_(min=0)  # margins
+            value = float(t.pow(2).sum(1).mean())
+            t.mul_(self.signs).mul_(-2)
+        return value, t.div_(self.count)
 
 
-def _lbfgs(x, x_t, y, c, loss, weight, bias, max_iter, tol):
-    weight, bias = weight.clone(), bias.clone()
-    optimiser = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=10,
-                                  tolerance_grad=tol, tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    with torch.no_grad():
-        optimiser.step(_closure(x, x_t, y, weight, bias, 1.0 / (2 * c * len(x)), loss))
-    return weight, bias
+def _minimise(x, x_t, y, c, loss, weight, bias, max_iter: int, tol: float, history: int = 10):
+    """L-BFGS whose line search moves along cached float32 logits: with U = X d, the logits at a step
+    α are Z + α U, so a trial step costs one softmax and no matrix product, and each iteration makes
+    exactly two products (X d and Xᵀ R). Accumulating Z in float32 also keeps bf16 products from
+    rounding the logits themselves."""
+    n, k = len(y), weight.shape[1]
+    penalty = 1.0 / (2 * c * n)
+    logit_loss = LogitLoss(y, k, loss)
+    w, b = weight.clone(), bias.clone()
+    # reused buffers: fresh (N, K) tensors every iteration would be fresh pages from the kernel
+    product, low = torch.empty((n, k), dtype=x.dtype), torch.empty((n, k), dtype=x.dtype)
+    grad_w, direction_logits = torch.empty(w.shape, dtype=x.dtype), torch.empty((n, k))
+
+    def logits_of(w, b, out):
+        if x.dtype == torch.float32:
+            return torch.addmm(b, x, w, out=out)
+        torch.mm(x, w.to(x.dtype), out=product)
+        return out.copy_(product).add_(b)
+
+    def gradient(residual, w):
+        torch.mm(x_t, residual if x.dtype == torch.float32 else low.copy_(residual), out=grad_w)
+        return torch.cat([grad_w.float().add_(w, alpha=2 * penalty).flatten(), residual.sum(0)])
+
+    z = logits_of(w, b, torch.empty((n, k)))
+    value, residual = logit_loss.at(z)
+    value += penalty * float(w.pow(2).sum())
+    g, memory = gradient(residual, w), []
+    for _ in range(max_iter):
+        if float(g.abs().max()) <= tol:
+            break
+        d = _lbfgs_direction(g, memory)
+        slope0 = float(g @ d)
+        if slope0 >= 0:  # not a descent direction: forget the curvature pairs
+            memory, d, slope0 = [], -g, -float(g @ g)
+        dw, db = d[:-k].view_as(w), d[-k:]
+        u = logits_of(dw, db, direction_logits)
+        w_d, d_d, w_w = float((w * dw).sum()), float(dw.pow(2).sum()), float(w.pow(2).sum())
+
+        def along(step):
+            loss_value, res = logit_loss.at(z, u, step)
+            return (loss_value + penalty * (w_w + 2 * step * w_d + step * step * d_d),
+                    float(torch.dot(res.view(-1), u.view(-1))) + 2 * penalty * (w_d + step * d_d), res)
+
+        accepted = _wolfe_step(along, value, slope0, 1.0 if memory else min(1.0, 1.0 / float(g.abs().sum())))
+        if accepted is None:
+            if not memory:
+                break  # even steepest descent finds no better point: as good as this precision allows
+            memory = []
+            continue
+        step, value, residual = accepted
+        w.add_(dw, alpha=step)
+        b.add_(db, alpha=step)
+        z.add_(u, alpha=step)
+        g_new = gradient(residual, w)
+        s_vec, y_vec = d * step, g_new - g
+        if float(s_vec @ y_vec) > 1e-10:
+            memory.append((s_vec, y_vec, 1.0 / float(s_vec @ y_vec)))
+            memory = memory[-history:]
+        g = g_new
+    return w, b
+
+
+def _wolfe_step(along, value0: float, slope0: float, step: float, trials: int = 20):
+    """(step, value, residual) meeting the Wolfe conditions on a convex line function, or None.
+
+    `along(step)` gives (value, slope, residual). The step doubles until the slope turns positive,
+    then secant steps search the bracket, kept 10% away from its ends so it always shrinks.
+    """
+    lo, lo_slope, hi, hi_slope = 0.0, slope0, None, None
+    for _ in range(trials):
+        value, slope, residual = along(step)
+        if value <= value0 + 1e-4 * step * slope0 and abs(slope) <= 0.9 * abs(slope0):
+            return step, value, residual
+        if slope < 0 and value <= value0:
+            lo, lo_slope = step, slope
+        else:
+            hi, hi_slope = step, slope
+        if hi is None:
+            step *= 2
+            continue
+        secant = lo - lo_slope * (hi - lo) / (hi_slope - lo_slope) if hi_slope != lo_slope else (lo + hi) / 2
+        step = min(max(secant, lo + 0.1 * (hi - lo)), hi - 0.1 * (hi - lo))
+    return None
+
+
+def _lbfgs_direction(g: torch.Tensor, memory: list) -> torch.Tensor:
+    """The two-loop recursion: -H g from the stored (s, y, 1/sᵀy) pairs."""
+    d, alphas = -g, []
+    for s, y, rho in reversed(memory):
+        alphas.append(rho * float(s @ d))
+        d = d.add(y, alpha=-alphas[-1])
+    if memory:
+        s, y, _ = memory[-1]
+        d = d * (float(s @ y) / float(y @ y))
+    for (s, y, rho), alpha in zip(memory, reversed(alphas)):
+        d = d.add(s, alpha=alpha - rho * float(y @ d))
+    return d
 
 
 def fit_l2_linear(x, y: torch.Tensor, num_classes: int, c: float, loss: str = "logistic",
@@ -98,10 +180,10 @@ def fit_l2_linear(x, y: torch.Tensor, num_classes: int, c: float, loss: str = "l
     flushing = torch.set_flush_denormal(True)  # tiny softmax tails are denormal: slow on x86
     try:
         if design.fast is not None:
-            weight, bias = _lbfgs(design.fast, design.fast_t, y, c, loss, weight, bias, max_iter, tol)
+            weight, bias = _minimise(design.fast, design.fast_t, y, c, loss, weight, bias, max_iter, tol)
             max_iter = polish_iter
         if max_iter:
-            weight, bias = _lbfgs(design.exact, design.exact.T, y, c, loss, weight, bias, max_iter, tol)
+            weight, bias = _minimise(design.exact, design.exact.T, y, c, loss, weight, bias, max_iter, tol)
         return weight, bias
     finally:
         if flushing:

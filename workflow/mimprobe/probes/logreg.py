@@ -3,9 +3,9 @@
 Features are standardised with the train mean/std. C is chosen on validation by a coarse grid of
 decades warm-started from strong to weak regularisation, refined around the best C by halving the
 step (`refine_steps`); each fit runs up to `max_iter` L-BFGS iterations with products in `precision`
-(bfloat16 where the hardware has it), then up to `polish_iter` float32 ones, stopping once the
-largest gradient entry is ≤ `tol` (sklearn's rule). The chosen C is refitted on all of train and the
-test split scored once.
+(bfloat16 where the CPU has it), then up to `polish_iter` float32 ones, stopping once the largest
+gradient entry is ≤ `tol` (sklearn's rule) or no step improves the objective at that precision.
+The chosen C is refitted on all of train and the test split scored once.
 
 Head format: {mean (D,), std (D,), weight (K, D), bias (K,), C}; logits = ((x - mean) / std) @ weight.T + bias.
 """
@@ -17,7 +17,7 @@ import torch
 from .common import ProbeOutcome, Splits, standardizer
 from .lbfgs import Design, fit_l2_linear, scores, sweep_c, top1
 
-DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 40, "precision": "auto",
+DEFAULTS = {"c_values": [10.0 ** e for e in range(-6, 6)], "refine_steps": 2, "max_iter": 60, "precision": "auto",
             "polish_iter": 0, "tol": 1e-4}  # tol: max |gradient| to stop at, sklearn's default
 
 
