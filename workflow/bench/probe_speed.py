@@ -98,7 +98,7 @@ def logreg_pair(splits: Splits, c: float, max_iter: int = 100) -> dict:
     x, x_test = (splits.train_all.x - mean) / std, (splits.test.x - mean) / std
     y = splits.train_all.y
     solver = {k: DEFAULTS[k] for k in ("max_iter", "tol", "precision", "polish_iter")}
-    # one small fit each first, untimed: one-time imports and initialisation (about 1 s for torch.optim)
+    # one small fit each first, untimed: one-time imports and initialisation, for both alike
     fit_l2_linear(torch.from_numpy(x[:1000]), torch.from_numpy(y[:1000]).long(), splits.num_classes, c, **solver)
     LogisticRegression(C=c, max_iter=5).fit(x[:1000], y[:1000])
     start = time.perf_counter()

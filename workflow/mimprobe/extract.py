@@ -78,7 +78,7 @@ def init_store(store_path, meta_path, backbone_cfg: dict, features: dict, seed: 
         "block_count": len(backbone.block_names),
         "poolings": poolings,
         "final_norm": features["final_norm"],
-        "precision": features.get("precision", "auto"),
+        "precision": features["precision"],
         "input_size": backbone.input_size,
     }
     counts = {split: info["count"] for split, info in meta["splits"].items()}
@@ -135,7 +135,7 @@ def embed_chunk(store_path, shard_path, meta_path, flag_path, backbone_cfg: dict
     keys = feature_keys(root)
     device, device_lock = pick_device(features["device"])
     try:
-        dtype = forward_dtype(features.get("precision", "auto"), device)
+        dtype = forward_dtype(features["precision"], device)
         backbone = build(backbone_cfg, features, seed).to(device=device, dtype=dtype)
         batch = backbone_cfg.get("batch_size", "auto")
         batch = (256 if device.type == "cuda" else 64) if batch == "auto" else int(batch)

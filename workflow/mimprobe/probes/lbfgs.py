@@ -121,8 +121,9 @@ def _minimise(x, x_t, y, c, loss, weight, bias, max_iter: int, tol: float, histo
         z.add_(u, alpha=step)
         g_new = gradient(residual, w)
         s_vec, y_vec = d * step, g_new - g
-        if float(s_vec @ y_vec) > 1e-10:
-            memory.append((s_vec, y_vec, 1.0 / float(s_vec @ y_vec)))
+        curvature = float(s_vec @ y_vec)
+        if curvature > 1e-10:
+            memory.append((s_vec, y_vec, 1.0 / curvature))
             memory = memory[-history:]
         g = g_new
     return w, b
@@ -172,8 +173,8 @@ def fit_l2_linear(x, y: torch.Tensor, num_classes: int, c: float, loss: str = "l
 
     `x` is a (N, D) tensor or a `Design` (build one when fitting the same features many times; its
     precision then wins). Up to `max_iter` L-BFGS iterations multiply in that precision (bfloat16 is
-    3-4x faster on CPUs with AVX512-BF16 and on GPUs), then up to `polish_iter` float32 iterations;
-    each phase stops once the largest gradient entry is ≤ `tol`.
+    3-4x faster on CPUs with AVX512-BF16 or AMX), then up to `polish_iter` float32 iterations; each
+    phase stops once the largest gradient entry is ≤ `tol`, or when no step improves the objective.
     """
     design = Design.of(x, precision)
     weight, bias = init if init else (torch.zeros(design.exact.shape[1], num_classes), torch.zeros(num_classes))
