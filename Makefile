@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test dry-run report-html bench clean
+.PHONY: demo test dry-run report-html rehearsal clean
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(VENV)/.installed
 report-html: $(VENV)/.installed
 	$(BIN)/snakemake --cores 1 --configfile $(or $(CONFIG),config/demo.yaml) --report results/report/report.html
 	@echo "Open results/report/report.html in a browser."
+
+# The full study at full size on synthetic data (benchmark, not a test): results/bench/full_study.json
+rehearsal: $(VENV)/.installed
+	$(BIN)/python workflow/bench/full_study.py $(ARGS)
 
 dry-run: $(VENV)/.installed
 	$(BIN)/snakemake -n

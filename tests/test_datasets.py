@@ -7,7 +7,7 @@ import pytest
 
 from mimprobe.datasets import load_digits_rgb, read_cifar_archive
 from mimprobe.errors import DataError
-from py2_pickle import dumps_py2
+from mimprobe.py2pickle import dumps_py2
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

@@ -106,7 +106,7 @@ def static_backbone(model_spec: str):
     from .backbones import parse_spec
 
     kind, arg = parse_spec(model_spec)
-    arch = {"effnet_lite0": "tf_efficientnet_lite0", "random": arg, "timm": arg}.get(kind)
+    arch = {"effnet_lite0": "tf_efficientnet_lite0", "random": arg, "synthetic": arg, "timm": arg}.get(kind)
     if arch is None:
         return None
     import timm

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import ConfigError, MimprobeError
 from .base import POOLINGS, Backbone
 
-KINDS = ("effnet_lite0", "pixels", "random", "timm", "torchvision", "torchhub", "mim_refiner")
+KINDS = ("effnet_lite0", "pixels", "random", "synthetic", "timm", "torchvision", "torchhub", "mim_refiner")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -18,7 +18,7 @@ def check_model_spec(spec: str) -> None:
     kind, arg = parse_spec(spec)
     if kind not in KINDS:
         raise ConfigError(f"unknown backbone kind {kind!r} in {spec!r}; use one of {', '.join(KINDS)}")
-    if kind in ("random", "timm", "torchvision", "torchhub", "mim_refiner") and not arg:
+    if kind in ("random", "synthetic", "timm", "torchvision", "torchhub", "mim_refiner") and not arg:
         raise ConfigError(f"{spec!r} needs a model name after '{kind}:'")
     if kind == "mim_refiner":
         from .mim_refiner import check_entry
@@ -28,7 +28,7 @@ def check_model_spec(spec: str) -> None:
         from .hub_models import parse_hub_spec
 
         parse_hub_spec(arg)
-    if kind in ("random", "timm"):
+    if kind in ("random", "synthetic", "timm"):
         import timm
 
         name = arg.split(".")[0]
@@ -50,6 +50,10 @@ def create_backbone(spec: str, weights: str | None = None, final_norm: bool = Fa
         return wrap_timm_model(load_effnet_lite0(weights))
     if kind == "random":
         return wrap_timm_model(seeded_random_model(arg, seed), final_norm)
+    if kind == "synthetic":
+        from .synthetic import Synthetic
+
+        return Synthetic(arg, seed)
     if kind == "timm":
         overlay = {"file": weights} if weights else None
         model = timm.create_model(arg, pretrained=True, pretrained_cfg_overlay=overlay)
