@@ -52,8 +52,9 @@ def cmd_probe(args):
 
     module = family_module(args.family)
     context = {"backbone": args.backbone, "dataset": args.dataset}
+    verified = json.loads(open(args.verified).read()) if args.verified else None
     payload = run_family(args.family, module, args.store, args.meta, args.out, args.params, args.seed,
-                         args.bootstrap, context)
+                         args.bootstrap, context, verified)
     best = max(payload["results"], key=lambda r: max(r["validation"].values(), default=0.0))
     metric, stat = next(iter(best["test"].items()))  # top1, or acc for k-means
     print(f"{args.family} on {args.backbone}/{args.dataset}: {len(payload['results'])} results; "
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--backbone", required=True)
     p.add_argument("--dataset", required=True)
+    p.add_argument("--verified", help="check_store's summary (.ok.json): every array read is checked against it")
     p.set_defaults(run=cmd_probe)
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")

@@ -141,11 +141,38 @@ def region_checksums(root, split: str, start: int, stop: int, columns: dict[str,
         return dict(zip(columns, pool.map(check_one, columns)))
 
 
-def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=np.float32) -> np.ndarray:
-    """One stored array (or some of its rows) as `dtype`; float16 returns the stored values uncopied."""
+def check_rows(root, split: str, name: str, values: np.ndarray, verified: dict) -> None:
+    """Compare every shard region of a whole array, as just read, with the checksums check_store
+    verified: a chunk file changed since then (a flipped byte, a copy gone wrong) stops the reader."""
+    for region in verified["regions"]:
+        expected = region["checksums"].get(name) if region["split"] == split else None
+        if expected is not None and rows_digest(values[region["start"]:region["stop"]]) != expected:
+            store = Path(root.store.root)
+            raise DataError(
+                f"{store / split / name}: rows {region['start']}:{region['stop']} changed since check_store "
+                f"verified them (a store chunk file was modified). Delete {region['flag']} and "
+                f"{store.with_suffix('.ok.json')}, then rerun snakemake to re-embed them."
+            )
+
+
+def read_labels(root, split: str, verified: dict | None = None) -> np.ndarray:
+    labels = np.asarray(root[f"{split}/labels"][:])
+    if verified is not None:
+        check_rows(root, split, "labels", labels, verified)
+    return labels
+
+
+def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=np.float32,
+                  verified: dict | None = None) -> np.ndarray:
+    """One stored array (or some of its rows) as `dtype`; float16 returns the stored values uncopied.
+
+    `verified` (check_store's summary) checks a whole array against the checksums of its regions.
+    """
     array = root[array_name(split, pooling, block)]
-    data = array[:] if rows is None else array.get_orthogonal_selection((rows,))
-    data = np.asarray(data).astype(dtype, copy=False)
+    data = np.asarray(array[:] if rows is None else array.get_orthogonal_selection((rows,)))
+    if verified is not None and rows is None:
+        check_rows(root, split, feature_column(block, pooling), data, verified)
+    data = data.astype(dtype, copy=False)
     step = max(1, (1 << 24) // max(data[:1].size, 1))  # rows per check: a bounded boolean temporary
     if not all(np.isfinite(data[i:i + step]).all() for i in range(0, len(data), step)):
         # e.g. a store modified after check_store verified it
@@ -156,26 +183,35 @@ def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=n
     return data
 
 
+def flag_regions(flag: dict) -> list[dict]:
+    """The shard regions one embedding flag vouches for (a job embedding several shards lists them)."""
+    return flag.get("shards", [flag])
+
+
 def verify_store(store_path, flag_paths: list[str | Path]) -> dict:
-    """Re-read every region named by a chunk flag, compare checksums and scan for NaN/Inf."""
+    """Re-read every region named by a chunk flag, compare checksums and scan for NaN/Inf.
+
+    The summary lists every verified region with its checksums: probes check what they read
+    against it."""
     import json
 
     root = open_store(store_path)
-    problems, regions = [], 0
+    problems, regions = [], []
     for flag_path in flag_paths:
-        flag = json.loads(Path(flag_path).read_text())
-        split, start, stop = flag["split"], flag["start"], flag["stop"]
-        for name, expected in flag["checksums"].items():
-            array = root[f"{split}/{name}"]
-            values = np.asarray(array[start:stop])
-            if rows_digest(values) != expected:
-                problems.append(f"{split}/{name} rows {start}:{stop} (flag {flag_path})")
-            elif values.dtype.kind == "f" and not np.isfinite(values).all():
-                problems.append(f"{split}/{name} rows {start}:{stop} holds NaN/Inf")
-            regions += 1
+        for region in flag_regions(json.loads(Path(flag_path).read_text())):
+            split, start, stop = region["split"], region["start"], region["stop"]
+            for name, expected in region["checksums"].items():
+                values = np.asarray(root[f"{split}/{name}"][start:stop])
+                if rows_digest(values) != expected:
+                    problems.append(f"{split}/{name} rows {start}:{stop} (flag {flag_path})")
+                elif values.dtype.kind == "f" and not np.isfinite(values).all():
+                    problems.append(f"{split}/{name} rows {start}:{stop} holds NaN/Inf (flag {flag_path})")
+            regions.append({"split": split, "start": start, "stop": stop, "flag": str(flag_path),
+                            "checksums": region["checksums"]})
     if problems:
         raise DataError(
             f"{store_path}: {len(problems)} region(s) fail verification: {'; '.join(problems[:5])}. "
             "Delete the named chunk flags (or the store) and rerun to re-embed them."
         )
-    return {"store": str(store_path), "regions_verified": regions, "chunks": len(flag_paths)}
+    return {"store": str(store_path), "regions_verified": sum(len(r["checksums"]) for r in regions),
+            "chunks": len(flag_paths), "regions": regions}

@@ -27,4 +27,4 @@ for family in PROBES:
             "mimprobe probe {params.family} --store {params.store} --meta {input.meta}"
             " --out {output.metrics} --params {params.probe:q} --seed {params.seed}"
             " --bootstrap {params.bootstrap} --backbone {wildcards.backbone}"
-            " --dataset {wildcards.dataset} > {log} 2>&1"
+            " --dataset {wildcards.dataset} --verified {input.ok} > {log} 2>&1"

@@ -21,7 +21,8 @@ import torch
 from ..atomic import atomic_path, write_json
 from ..metrics import cluster_metrics_with_ci, metrics_over_draws, metrics_with_ci, per_class_accuracy
 from ..shards import read_meta
-from ..store import feature_keys, open_store, read_features
+from ..provenance import provenance
+from ..store import feature_keys, open_store, read_features, read_labels
 
 
 POOLED = ("cls", "mean", "flat")  # one vector per image; "tokens" is for the attentive probe
@@ -79,11 +80,13 @@ class ProbeOutcome:
     extra: dict = field(default_factory=dict)  # more fields for the result record
 
 
-def load_splits(root, meta: dict, block: int, pooling: str, dtype=np.float32) -> Splits:
-    x_train = read_features(root, "train", pooling, block, dtype=dtype)
-    y_train = np.asarray(root["train/labels"][:])
-    x_test = read_features(root, "test", pooling, block, dtype=dtype)
-    y_test = np.asarray(root["test/labels"][:])
+def load_splits(root, meta: dict, block: int, pooling: str, dtype=np.float32, verified: dict | None = None) -> Splits:
+    """Train (minus validation), validation, test and all of train for one stored array; with
+    `verified` (check_store's summary) every array read is checked against its region checksums."""
+    x_train = read_features(root, "train", pooling, block, dtype=dtype, verified=verified)
+    y_train = read_labels(root, "train", verified)
+    x_test = read_features(root, "test", pooling, block, dtype=dtype, verified=verified)
+    y_test = read_labels(root, "test", verified)
     val_rows = np.asarray(meta["validation"]["train_positions"], dtype=np.int64)
     keep = np.ones(len(y_train), dtype=bool)
     keep[val_rows] = False
@@ -97,18 +100,18 @@ def load_splits(root, meta: dict, block: int, pooling: str, dtype=np.float32) ->
     )
 
 
-def _outcomes(module, root, meta, params: dict, seed: int) -> list[ProbeOutcome]:
+def _outcomes(module, root, meta, params: dict, seed: int, verified: dict | None) -> list[ProbeOutcome]:
     keys = feature_keys(root)
     if hasattr(module, "fit_store"):
         torch.manual_seed(seed)
-        return module.fit_store(lambda block, pooling: load_splits(root, meta, block, pooling), keys,
-                                params, seed)
+        return module.fit_store(lambda block, pooling: load_splits(root, meta, block, pooling, verified=verified),
+                                keys, params, seed)
     outcomes = []
     for block, pooling in keys:
         if pooling not in getattr(module, "POOLINGS", POOLED):
             continue
         torch.manual_seed(seed)
-        splits = load_splits(root, meta, block, pooling, getattr(module, "DTYPE", np.float32))
+        splits = load_splits(root, meta, block, pooling, getattr(module, "DTYPE", np.float32), verified)
         fitted = module.fit(splits, params, seed)
         for outcome in fitted if isinstance(fitted, list) else [fitted]:
             outcome.block, outcome.pooling = block, outcome.pooling or pooling
@@ -117,15 +120,17 @@ def _outcomes(module, root, meta, params: dict, seed: int) -> list[ProbeOutcome]
 
 
 def run_family(family: str, module, store_path, meta_path, out_json, params: dict, seed: int,
-               resamples: int, context: dict) -> dict:
-    """Run a family on the stored features and write its JSON, predictions and heads."""
+               resamples: int, context: dict, verified: dict | None = None) -> dict:
+    """Run a family on the stored features and write its JSON, predictions and heads.
+
+    `verified` is check_store's summary: every array read is checked against it."""
     meta = read_meta(meta_path)
     root = open_store(store_path)
     out_json = Path(out_json)
-    labels = np.asarray(root["test/labels"][:])
+    labels = read_labels(root, "test", verified)
     block_names = dict(zip(root.attrs["blocks"], root.attrs["block_names"]))
     results, predictions, heads = [], {}, {}
-    for outcome in _outcomes(module, root, meta, params, seed):
+    for outcome in _outcomes(module, root, meta, params, seed, verified):
         key = f"b{outcome.block:03d}/{outcome.pooling}/{outcome.setting}"
         coarse = meta.get("fine_to_coarse")
         if outcome.test_clusters is not None:
@@ -159,7 +164,7 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     with atomic_path(out_json.with_suffix(".heads.pt")) as tmp:
         torch.save(heads, tmp)
     payload = context | {"probe": family, "params": params, "seed": seed,
-                         "class_names": meta["class_names"], "results": results}
+                         "class_names": meta["class_names"], "results": results, "provenance": provenance()}
     write_json(out_json, payload)
     return payload
 
