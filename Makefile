@@ -3,22 +3,23 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
-export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: demo test dry-run report-html rehearsal clean
+.PHONY: demo test test-fast lint dry-run report-html rehearsal clean
 
 $(VENV)/.installed: envs/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r envs/requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --show-failed-logs
-	@echo "Report: results/report/metrics.md (table), results/report/metrics.csv, results/report/plots/"
 
-test: $(VENV)/.installed
+lint: $(VENV)/.installed
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 # The self-contained HTML report of the last `make demo` (every figure and table with captions).
@@ -26,7 +27,7 @@ report-html: $(VENV)/.installed
 	$(BIN)/snakemake --cores 1 --configfile $(or $(CONFIG),config/demo.yaml) --report results/report/report.html
 	@echo "Open results/report/report.html in a browser."
 
-# The full study at full size on synthetic data (benchmark, not a test): results/bench/full_study.json
+# The full study at full size on synthetic data (a benchmark, not a test): results/bench/full_study.json
 rehearsal: $(VENV)/.installed
 	$(BIN)/python workflow/bench/full_study.py $(ARGS)
 

@@ -17,7 +17,6 @@ STATE=$WORK/slurm
 # slurmd hands batch jobs no SLURM_CONF, so `srun` inside a job reads the default path: use it
 # (an existing file is moved aside and put back at the end).
 CONF=/etc/slurm/slurm.conf
-export PATH=$BIN:$PATH PYTHONPATH=$REPO/workflow${PYTHONPATH:+:$PYTHONPATH}
 STARTED_PIDFILES=()
 CONF_BACKUP=
 
@@ -138,7 +137,7 @@ probes:
   linear: {learning_rates: [0.01, 0.1], epochs: 3}
 report: {bootstrap: 20}
 EOF
-SMK=(snakemake -s "$REPO/Snakefile" --configfile "$WORK/config.yaml")
+SMK=("$BIN/snakemake" -s "$REPO/Snakefile" --configfile "$WORK/config.yaml")
 
 # The SLURM run mostly waits on the scheduler and status polls: the local run fills that time.
 say "local run (in the background) and SLURM run (--profile profiles/slurm-cpu)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +17,35 @@ BIN = Path(sys.executable).parent
 
 
 def workflow_env() -> dict:
-    env = os.environ.copy()
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "workflow"), env.get("PYTHONPATH", "")])
-    env["PATH"] = os.pathsep.join([str(BIN), env["PATH"]])
+    """The environment of a workflow run: nothing on PATH or PYTHONPATH points at the venv or the package
+    (the rules find both themselves, as they must for a user)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                                  if not p.startswith(str(BIN.parent)))
     return env
 
 
-def run_snakemake(workdir: Path, config: dict | Path, *args: str, check: bool = True):
+def run_snakemake(workdir: Path, config: dict | Path, *args: str, check: bool = True, repo: Path = REPO):
     """Run the real workflow CLI in `workdir` with `config` (a dict is written to config.yaml)."""
     if isinstance(config, dict):
         path = workdir / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         config = path
-    command = [str(BIN / "snakemake"), "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+    command = [str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "-d", str(workdir),
                "--configfile", str(config), "--cores", "2", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=workflow_env(), cwd=workdir)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def planned_jobs(workdir: Path, config, repo: Path = REPO) -> dict[str, int]:
+    """{rule: count} of what a dry run would execute ({} when nothing is to be done)."""
+    out = run_snakemake(workdir, config, "-n", repo=repo).stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("Reasons:")[0] if "Reasons:" in out else out.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
 def tiny_config(**overrides) -> dict:

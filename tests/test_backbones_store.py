@@ -11,8 +11,9 @@ from mimprobe import extract
 from mimprobe.backbones import create_backbone
 from mimprobe.config import validate_config
 from mimprobe.errors import DataError, MimprobeError
-from mimprobe.extract import embed_chunk, init_store
-from mimprobe.shards import prepare_shards, read_shard
+from mimprobe.extract import embed_shards, init_store
+from mimprobe.shardfile import read_shard
+from mimprobe.shards import prepare_shards
 from mimprobe.store import open_store, read_features, region_arrays, verify_store
 from mimprobe.writer import RegionWriter
 
@@ -47,6 +48,13 @@ def test_mim_refiner_without_local_weights_file_fails_clearly(tmp_path):
         create_backbone("mim_refiner:mae_refined_l16", weights=str(tmp_path / "maerefined_l16.th"))
 
 
+def layout_of(dataset: dict) -> dict:
+    """The store layout the workflow plans for a dataset entry."""
+    from mimprobe.plan import image_shape, split_sizes
+
+    return {"sizes": split_sizes(dataset), "shard_size": dataset["shard_size"], "image_shape": image_shape(dataset)}
+
+
 def small_store(tmp_path, model: str, batch_size: int, **features):
     """Digits in shards of 16 (train 0-1, test 0) and a store chunked every 4 rows; returns it and
     a function that embeds one shard (and returns its flag path)."""
@@ -56,13 +64,14 @@ def small_store(tmp_path, model: str, batch_size: int, **features):
         "features": {"chunk_rows": 4} | features,
     })
     prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
-    store, meta = tmp_path / "b.zarr", tmp_path / "shards/meta.json"
+    store = tmp_path / "b.zarr"
     backbone_cfg, features = config["backbones"]["b"], config["features"]
-    init_store(store, meta, backbone_cfg, features, 0)
+    init_store(store, layout_of(config["datasets"]["digits"]), backbone_cfg, features, 0)
 
-    def embed(name: str) -> Path:
-        flag = tmp_path / f"{name}.json"
-        embed_chunk(store, tmp_path / f"shards/{name}.npz", meta, flag, backbone_cfg, features, 0)
+    def embed(*names: str) -> Path:
+        """Embed shards in one job; its flag sits where the workflow keeps flags (b.chunks/)."""
+        flag = tmp_path / "b.chunks" / f"{names[0]}.json"
+        embed_shards(store, [tmp_path / f"shards/{name}.npz" for name in names], flag, backbone_cfg, features, 0)
         return flag
 
     return store, embed
@@ -92,7 +101,7 @@ def test_store_holds_exactly_the_directly_computed_features(tmp_path, model):
 
 
 def record_forwards(monkeypatch, on_call):
-    """Every later embed_chunk uses one pixels backbone whose forward runs `on_call(index)` after it."""
+    """Every later embed_shards uses one pixels backbone whose forward runs `on_call(index)` after it."""
     backbone = create_backbone("pixels")
     forward, calls = backbone.forward_blocks, []
 
@@ -128,7 +137,7 @@ def test_chunks_are_written_while_later_batches_compute(tmp_path, monkeypatch):
     assert kinds.index("write") < len(kinds) - 1 - kinds[::-1].index("forward done")
     assert {thread for kind, _, thread in events if kind == "write"} <= {f"mimprobe-writer_{i}" for i in range(4)}
     assert sorted({lo for kind, lo, _ in events if kind == "write"}) == [0, 4, 8, 12]
-    assert set(json.loads(flag.read_text())["checksums"]) == {"labels", "coarse_labels", "flat/b000"}
+    assert set(json.loads(flag.read_text())["shards"][0]["checksums"]) == {"labels", "coarse_labels", "flat/b000"}
     images = torch.from_numpy(read_shard(tmp_path / "shards/train-0000.npz")["images"])
     pixels = create_backbone("pixels")
     direct = pixels.forward_blocks(pixels.preprocess(images), [0], ["flat"])[(0, "flat")].half().numpy()
@@ -145,20 +154,21 @@ def test_non_finite_features_fail_the_job_without_a_flag(tmp_path, monkeypatch):
     expected = "NaN/Inf features in block 0 \\(flat\\) in float32; the shard was not marked done"
     with pytest.raises(MimprobeError, match=expected):
         embed("train-0000")
-    assert not (tmp_path / "train-0000.json").exists()
+    assert not (tmp_path / "b.chunks/train-0000.json").exists()
     root = zarr.open_group(str(store), mode="r")
     assert np.isfinite(root["train/flat/b000"][:16]).all()  # rows 6:8 held NaN: their chunk was never written
 
 
-def test_a_missing_chunk_inside_a_shard_region_names_the_shard(tmp_path):
+def test_a_missing_chunk_inside_a_shard_region_names_the_job_flag_that_holds_it(tmp_path):
     store, embed = small_store(tmp_path, "pixels", 8)
-    for name in SHARDS:
-        embed(name)
+    lane = embed("train-0000", "train-0001")  # one job, two shards, two regions
+    embed("test-0000")
+    assert [r["shard"] for r in json.loads(lane.read_text())["shards"]] == ["train-0000", "train-0001"]
     open_store(store)
     (store / "train/flat/b000/c/5/0").unlink()  # rows 20:24, the second chunk of shard train-0001
     with pytest.raises(DataError, match="c/5/0: store chunk file missing") as caught:
         open_store(store, "r")
-    assert "train-0001.json" in str(caught.value) and "re-embed shard train-0001" in str(caught.value)
+    assert f"Delete {lane} and" in str(caught.value) and "re-embed shard train-0001" in str(caught.value)
 
 
 def test_a_region_off_chunk_boundaries_is_refused(tmp_path):
@@ -192,9 +202,9 @@ def test_cpu_bfloat16_opt_in_stores_features_close_to_float32(tmp_path):
 
     meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
     features = backbone_features(config, "vit")
-    init_store(tmp_path / "vit.zarr", tmp_path / "shards/meta.json", config["backbones"]["vit"], features, 0)
-    record = embed_chunk(tmp_path / "vit.zarr", tmp_path / "shards/train-0000.npz", tmp_path / "shards/meta.json",
-                         tmp_path / "flag.json", config["backbones"]["vit"], features, 0)
+    init_store(tmp_path / "vit.zarr", layout_of(config["datasets"]["digits"]), config["backbones"]["vit"], features, 0)
+    record = embed_shards(tmp_path / "vit.zarr", [tmp_path / "shards/train-0000.npz"], tmp_path / "flag.json",
+                          config["backbones"]["vit"], features, 0)
     assert record["dtype"] == "bfloat16" and list(meta["shards"])[0] == "train-0000"
     root = open_store(tmp_path / "vit.zarr", mode="r+")
     backbone = create_backbone("random:vit_tiny_patch16_224", seed=0)

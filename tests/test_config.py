@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_config
-from mimprobe.config import load_config, shard_names, validate_config
+from mimprobe.config import load_config, validate_config
+from mimprobe.plan import shard_names
 from mimprobe.errors import ConfigError
 
 

@@ -36,12 +36,12 @@ CHECKED = "results/embeddings/pixels/digits.ok.json"
 FLAGS = "results/embeddings/pixels/digits.chunks"
 
 
-def pixels_config(**dataset) -> dict:
-    """Pixels on 128 + 32 digits in shards of 32: five embedding jobs that take a second each, each
-    writing four store chunks of 8 rows from batches of 8."""
+def pixels_config(shards_per_job: int = 1, **dataset) -> dict:
+    """Pixels on 128 + 32 digits in shards of 32, each written as four store chunks of 8 rows from
+    batches of 8: five shards, in jobs of `shards_per_job` that take a second each."""
     digits = {"kind": "digits", "shard_size": 32, "limit": {"train": 128, "test": 32}} | dataset
     config = tiny_config(datasets={"digits": digits}, backbones={"pixels": {"model": "pixels", "batch_size": 8}})
-    config["features"]["chunk_rows"] = 8
+    config["features"] |= {"chunk_rows": 8, "shards_per_job": shards_per_job}
     return config
 
 
@@ -106,14 +106,16 @@ def test_four_chunk_jobs_writing_one_store_at_once_all_verify(concurrent_run):
 
 @pytest.mark.parametrize("victim", ["job", "whole_run"])
 def test_kill_9_mid_write_then_rerun_gives_a_bit_identical_store(concurrent_run, tmp_path, victim):
-    """SIGKILL a chunk job paused after writing part of its region: only the job (a node failure,
-    scancel; Snakemake survives), or Snakemake's whole process group (the login session dies)."""
+    """SIGKILL a job embedding two shards, paused after writing part of its first region: only the job
+    (a node failure, scancel; Snakemake survives), or Snakemake's whole process group (the login
+    session dies). The store after the rerun equals the one written by one-shard jobs."""
     reference, _ = concurrent_run
     pause_dir = tmp_path / "pause"
     pause_dir.mkdir()
     workdir = tmp_path / "run"
     workdir.mkdir()
-    process = start_snakemake(workdir, pixels_config(), pause_dir, "--cores", "1", CHECKED)
+    config = pixels_config(shards_per_job=2)  # three jobs: 2 + 2 + 1 shards
+    process = start_snakemake(workdir, config, pause_dir, "--cores", "1", CHECKED)
     [pid] = wait_for_paused(pause_dir, 1, process)
     # one array of the region written, the job held before its read-back check and flag
     # (arrays are written from parallel threads, so which one comes first varies)
@@ -128,11 +130,12 @@ def test_kill_9_mid_write_then_rerun_gives_a_bit_identical_store(concurrent_run,
     output, _ = process.communicate(timeout=120)
     assert process.returncode != 0, output[-3000:]
     flags = list((workdir / FLAGS).glob("*.json")) if (workdir / FLAGS).exists() else []
-    assert len(flags) < 5 and not (workdir / CHECKED).exists()
+    assert len(flags) < 3 and not (workdir / CHECKED).exists()
 
     if victim == "whole_run":  # Snakemake's own guard against a second instance: its documented fix
-        run_snakemake(workdir, pixels_config(), "--unlock")
-    run_snakemake(workdir, pixels_config(), CHECKED)  # the plain rerun
+        run_snakemake(workdir, config, "--unlock")
+    rerun = run_snakemake(workdir, config, CHECKED)  # the plain rerun
+    assert rerun.stdout.count("rule embed_shards:") + rerun.stderr.count("rule embed_shards:") == 3 - len(flags)
     assert chunk_digests(workdir) == chunk_digests(reference)
     assert array_digests(workdir) == array_digests(reference)
 
@@ -168,15 +171,22 @@ def _corrupt_middle(path: Path) -> None:
     ("corrupt", False, ("Download it again",)),
 ])
 def test_bad_archive_stops_before_any_shard_is_written(tmp_path, fault, verify_md5, expected):
+    """The official archive (verify_md5) is checked by its sharding job; a custom one is read when the
+    workflow plans its shards (their count comes from the archive), so it fails before any job."""
     archive = tmp_path / "cifar-100-python.tar.gz"
     make_cifar100_archive(archive, train=300, test=6)
     if fault == "truncated":
         archive.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
     elif fault == "corrupt":
         _corrupt_middle(archive)
-    snakemake_fails(tmp_path, cifar_config(archive, verify_md5), "logs/prepare_shards/cifar.log",
-                    str(archive), *expected)
-    assert not list((tmp_path / "results").rglob("*.npz")) and not (tmp_path / "results/embeddings").exists()
+    if verify_md5:
+        snakemake_fails(tmp_path, cifar_config(archive, verify_md5), "logs/prepare_shards/cifar.log",
+                        str(archive), *expected)
+    else:
+        result = run_snakemake(tmp_path, cifar_config(archive, verify_md5), check=False)
+        assert result.returncode != 0 and all(f in result.stdout + result.stderr for f in (str(archive), *expected))
+        assert not (tmp_path / "logs").exists()
+    assert not list((tmp_path / "results").rglob("*.npz")) and not list((tmp_path / "results").rglob("lane-*.json"))
 
 
 def copy_run(reference: Path, workdir: Path) -> Path:
@@ -184,15 +194,19 @@ def copy_run(reference: Path, workdir: Path) -> Path:
     return workdir
 
 
-def test_truncated_shard_stops_its_chunk_job_and_everything_after_it(concurrent_run, tmp_path):
+def test_truncated_shard_stops_its_job_and_the_named_fix_works(concurrent_run, tmp_path):
     workdir = copy_run(concurrent_run[0], tmp_path / "run")
     shard = workdir / "results/shards/digits/train-0001.npz"
     shard.write_bytes(shard.read_bytes()[:1000])
-    (workdir / FLAGS / "train-0001.json").unlink()  # so that this shard is embedded again
+    (workdir / FLAGS / "lane-001.json").unlink()  # so that this shard is embedded again
     (workdir / CHECKED).unlink()
-    snakemake_fails(workdir, pixels_config(), "logs/embed_chunk/pixels/digits/train-0001.log",
-                    "results/shards/digits/train-0001.npz", "Delete", "meta.json and rerun")
-    assert not (workdir / FLAGS / "train-0001.json").exists() and not (workdir / CHECKED).exists()
+    text = snakemake_fails(workdir, pixels_config(), "logs/embed_shards/pixels/digits/lane-001.log",
+                           "results/shards/digits/train-0001.npz", "unreadable shard")
+    assert not (workdir / FLAGS / "lane-001.json").exists() and not (workdir / CHECKED).exists()
+    assert "Delete results/shards/digits/train-0001.npz and rerun snakemake" in text
+    shard.unlink()  # the printed fix
+    run_snakemake(workdir, pixels_config())
+    assert chunk_digests(workdir) == chunk_digests(concurrent_run[0])
 
 
 def test_store_chunk_deleted_by_hand_is_named_and_the_named_fix_works(concurrent_run, tmp_path):
@@ -203,11 +217,11 @@ def test_store_chunk_deleted_by_hand_is_named_and_the_named_fix_works(concurrent
     text = snakemake_fails(workdir, pixels_config(), "logs/probe_knn/pixels/digits.log",
                            "train/flat/b000/c/9/0", "store chunk file missing")
     # The message says which flag to delete; doing so re-embeds just that shard.
-    assert f"{FLAGS}/train-0002.json" in text and CHECKED in text
-    (workdir / FLAGS / "train-0002.json").unlink()
+    assert f"{FLAGS}/lane-002.json" in text and CHECKED in text
+    (workdir / FLAGS / "lane-002.json").unlink()
     (workdir / CHECKED).unlink()
     result = run_snakemake(workdir, pixels_config())
-    assert "embed_chunk" in result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("rule embed_shards:") == 1
     assert chunk_digests(workdir) == chunk_digests(reference)
     assert (workdir / "results/report/metrics.csv").is_file()
 
@@ -217,7 +231,7 @@ def test_nan_written_into_a_verified_store_stops_the_probes(concurrent_run, tmp_
     array = zarr.open_group(str(workdir / STORE), mode="r+")["test/flat/b000"]
     array[5, 7] = np.nan
     snakemake_fails(workdir, pixels_config(), "logs/probe_linear/pixels/digits.log",
-                    "test/flat/b000", "NaN/Inf", "rerun")
+                    "test/flat/b000: rows 0:32 changed since check_store verified them", "lane-004.json", "rerun")
 
 
 def test_weights_that_give_nan_features_stop_the_chunk_job_naming_the_weights(concurrent_run, tmp_path):
@@ -234,7 +248,7 @@ def test_weights_that_give_nan_features_stop_the_chunk_job_naming_the_weights(co
     config["backbones"] = {"effnet": {"model": "effnet_lite0", "weights": str(weights)}}
     result = run_snakemake(workdir, config, check=False)
     assert result.returncode != 0
-    logs = sorted(workdir.glob("logs/embed_chunk/effnet/digits/*.log"))
+    logs = sorted(workdir.glob("logs/embed_shards/effnet/digits/*.log"))
     assert logs and all("NaN/Inf" in log.read_text() and str(weights) in log.read_text() for log in logs)
     assert not list(workdir.glob("results/embeddings/effnet/digits.chunks/*.json"))
     assert not list(workdir.glob("results/embeddings/effnet/*.ok.json"))

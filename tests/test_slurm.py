@@ -38,7 +38,7 @@ def sbatch_call(resources: Resources) -> str:
 
 def test_gpu_profile_asks_one_gpu_per_embedding_job_and_cpus_for_probes(tmp_path):
     planned = planned_resources(tmp_path, "slurm")
-    embed = sbatch_call(planned["embed_chunk"])
+    embed = sbatch_call(planned["embed_shards"])
     assert "--gpus=1" in embed and "--cpus-per-gpu=8" in embed
     assert "--mem 32000" in embed and "-t 30" in embed
     linear = sbatch_call(planned["probe_linear"])
@@ -47,5 +47,5 @@ def test_gpu_profile_asks_one_gpu_per_embedding_job_and_cpus_for_probes(tmp_path
 
 def test_cpu_profile_asks_no_gpu(tmp_path):
     planned = planned_resources(tmp_path, "slurm-cpu")
-    embed = sbatch_call(planned["embed_chunk"])
+    embed = sbatch_call(planned["embed_shards"])
     assert "--gpus" not in embed and "--cpus-per-task=1" in embed and "--mem 3000" in embed

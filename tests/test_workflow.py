@@ -6,19 +6,10 @@ import re
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake, tiny_config
+from conftest import REPO, planned_jobs, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 COLUMNS = "backbone,dataset,block,pooling,probe,setting,split,metric,value,ci_low,ci_high"
-
-
-def planned_jobs(workdir, config) -> dict[str, int]:
-    """{rule: count} of what a dry run would execute."""
-    out = run_snakemake(workdir, config, "-n").stdout
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:")[1].split("Reasons:")[0] if "Reasons:" in out else out.split("Job stats:")[1]
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +56,8 @@ def test_adding_a_backbone_embeds_only_that_backbone(finished_run):
     changed = copy.deepcopy(config)
     changed["backbones"]["second_vit"] = {"model": "random:vit_tiny_patch16_224"}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"init_store": 1, "embed_chunk": 6, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
-                    "report": 1, "all": 1}
+    assert jobs == {"init_store": 1, "embed_shards": 3, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
+                    "report": 1, "all": 1}  # 6 shards, 2 per job (auto: at most 4 jobs)
 
 
 def test_overriding_one_backbones_features_re_embeds_only_that_backbone(finished_run):
@@ -74,7 +65,7 @@ def test_overriding_one_backbones_features_re_embeds_only_that_backbone(finished
     changed = copy.deepcopy(config)
     changed["backbones"]["random_vit"]["features"] = {"blocks": [-1]}
     jobs = planned_jobs(workdir, changed)
-    assert jobs == {"init_store": 1, "embed_chunk": 6, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
+    assert jobs == {"init_store": 1, "embed_shards": 3, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
                     "report": 1, "all": 1}
 
 
@@ -89,8 +80,10 @@ def test_bad_config_fails_before_any_job_runs_naming_the_key(tmp_path):
 
 def test_full_study_plans_offline_and_mim_refiner_fails_clearly(tmp_path):
     config = REPO / "config" / "config.yaml"
+    out = run_snakemake(tmp_path, config, "-n").stdout
     jobs = planned_jobs(tmp_path, config)
-    assert jobs["embed_chunk"] == 60 and jobs["prepare_shards"] == 1  # 50 + 10 shards of 1,000
+    assert jobs["download_cifar100"] == 1 and jobs["prepare_shards_cifar100"] == 1 and jobs["embed_shards"] == 4
+    assert len(set(re.findall(r"results/shards/cifar100/(?:train|test)-\d{4}\.npz", out))) == 60  # 50 + 10 of 1,000
     # A node without internet points `weights:` at a local file; a wrong path fails with the fix.
     missing = str(tmp_path / "absent" / "maerefined_l16.th")
     refiner_only = tiny_config(backbones={"refined": {"model": "mim_refiner:mae_refined_l16", "weights": missing}})

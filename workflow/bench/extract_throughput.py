@@ -8,7 +8,7 @@ Same images for every path (CIFAR-10 JPEG subset if present, else synthetic uint
 batch size and dtype (`--precision auto`: bf16 on GPU, fp32 on CPU; `bfloat16` is the CPU opt-in).
 Writes results/bench/extract_throughput.json.
 - ours_img_s: shard file in -> every requested block, pooled, fp16 -> Zarr region on disk, verified
-  (mimprobe.extract.embed_chunk, timed per shard; the model is built once, outside the timing).
+  (mimprobe.extract.embed_shards, one job for every shard; the model is built once, outside the timing).
 - timm_forward_img_s: model(x) on already-normalised device tensors, features discarded; measured
   before and after ours, the better of the two.
 - seed_path_img_s: PIL per image, torchvision ToTensor/Resize/CenterCrop/Normalize, fp32, batch 1,
@@ -34,7 +34,7 @@ import torch
 from mimprobe.backbones import create_backbone
 from mimprobe.config import validate_config
 
-JPEG_SUBSET = Path("/work/shared/data/cifar10-jpeg-subset.npz")
+JPEG_SUBSET = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg-subset.npz"  # ../shared
 
 
 def load_images(count: int) -> tuple[np.ndarray, str]:
@@ -50,7 +50,7 @@ def load_images(count: int) -> tuple[np.ndarray, str]:
 def write_shards(folder: Path, images: np.ndarray, shard_size: int) -> Path:
     """Shards and meta.json in the workflow's own format (one 'train' split)."""
     from mimprobe.atomic import sha256_file, write_json
-    from mimprobe.shards import write_shard
+    from mimprobe.shardfile import write_shard
 
     meta = {"shard_size": shard_size, "image_shape": list(images.shape[1:]),
             "splits": {"train": {"count": len(images)}, "test": {"count": 0}}, "shards": {}}
@@ -82,15 +82,15 @@ def bench_ours(backbone, images, args, device) -> float:
         folder = Path(tmp)
         meta = write_shards(folder, images, args.shard_size)
         store = folder / "bench.zarr"
-        extract.init_store(store, meta, backbone_cfg, features, 0)  # builds its own CPU copy
-        extract.build = lambda *a, **k: backbone  # built once; embed_chunk moves it to the device and dtype
-        names = sorted(p.stem for p in folder.glob("train-*.npz"))
-        extract.embed_chunk(store, folder / f"{names[0]}.npz", meta, folder / "warm.json", backbone_cfg, features,
-                            0, args.threads)  # warm-up: kernels, allocator, page cache
+        layout = {"sizes": {"train": len(images), "test": 0}, "shard_size": args.shard_size,
+                  "image_shape": list(images.shape[1:])}
+        extract.init_store(store, layout, backbone_cfg, features, 0)  # builds its own CPU copy
+        extract.build = lambda *a, **k: backbone  # built once; embed_shards moves it to the device and dtype
+        shards = sorted(folder.glob("train-*.npz"))
+        extract.embed_shards(store, shards[:1], folder / "warm.json", backbone_cfg, features, 0,
+                             args.threads)  # warm-up: kernels, allocator, page cache
         began = time.perf_counter()
-        for name in names:
-            extract.embed_chunk(store, folder / f"{name}.npz", meta, folder / f"{name}.json", backbone_cfg,
-                                features, 0, args.threads)
+        extract.embed_shards(store, shards, folder / "lane.json", backbone_cfg, features, 0, args.threads)
         seconds = time.perf_counter() - began
     return len(images) / seconds
 
@@ -185,10 +185,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mimprobe.extract import forward_dtype, pick_device
+    from mimprobe.devices import device_kind
+    from mimprobe.extract import forward_dtype
 
-    device, lock = pick_device(args.device)
-    dtype = forward_dtype(args.precision, device)
+    kind = device_kind(args.device)
+    device = torch.device("cuda" if kind == "cuda" else "cpu")
+    dtype = forward_dtype(args.precision, kind)
     images, source = load_images(args.images)
     backbone = create_backbone(args.model, seed=0)
     model = backbone.model.to(device=device, dtype=dtype)

@@ -3,38 +3,62 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
+import time
+import traceback
 
+from . import __version__
 from .errors import MimprobeError
 
 
 def _json(text: str):
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({err})") from None
+
+
+def cmd_download(args):
+    from .datasets import fetch_cifar_archive
+
+    path = fetch_cifar_archive(args.kind, os.path.dirname(args.out) or ".", None, True)
+    print(f"{path}: the md5-checked {args.kind} archive")
 
 
 def cmd_prepare_shards(args):
     from .shards import prepare_shards
 
-    meta = prepare_shards(args.dataset, args.out_dir, args.resources, args.seed)
+    if args.archive:
+        args.dataset["archive"] = args.archive
+    meta = prepare_shards(args.dataset, args.out_dir, args.resources, args.seed, args.expect)
     counts = {s: v["count"] for s, v in meta["splits"].items()}
     print(f"wrote {len(meta['shards'])} shards to {args.out_dir}: {counts}")
+
+
+def cmd_synthetic_cifar(args):
+    from .synthetic import synthetic_cifar100, write_cifar100_archive
+
+    write_cifar100_archive(args.out, synthetic_cifar100(args.train, args.test, args.seed))
+    print(f"wrote {args.out}: {args.train} train and {args.test} test images, 100 classes in 20 superclasses")
 
 
 def cmd_init_store(args):
     from .extract import init_store
 
-    init_store(args.store, args.meta, args.backbone, args.features, args.seed)
+    init_store(args.store, args.layout, args.backbone, args.features, args.seed)
     print(f"created {args.store}")
 
 
-def cmd_embed_chunk(args):
-    from .extract import embed_chunk
+def cmd_embed_shards(args):
+    from .extract import embed_shards
 
-    record = embed_chunk(args.store, args.shard, args.meta, args.flag, args.backbone, args.features, args.seed,
-                         args.threads)
-    print(f"{record['shard']}: {record['stop'] - record['start']} images on {record['device']} "
-          f"({record['images_per_second']} img/s)")
+    lane = embed_shards(args.store, args.shards, args.flag, args.backbone, args.features, args.seed, args.threads)
+    for record in lane["shards"]:
+        print(f"{record['shard']}: {record['stop'] - record['start']} images on {lane['device']} "
+              f"({record['images_per_second']} img/s)")
 
 
 def cmd_check_store(args):
@@ -86,26 +110,44 @@ def cmd_validate_config(args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimprobe", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mimprobe {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("download", help="fetch an official CIFAR archive (md5-checked)")
+    p.add_argument("--kind", required=True, choices=["cifar100", "cifar10"])
+    p.add_argument("--out", required=True, help="where the archive goes (its folder is the download folder)")
+    p.set_defaults(run=cmd_download)
 
     p = verbs.add_parser("prepare-shards", help="cut a dataset into uint8 shards + meta.json")
     p.add_argument("--dataset", type=_json, required=True, help="the dataset's config entry as JSON")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--resources", default="resources")
+    p.add_argument("--resources", default="resources", help="where a missing CIFAR archive is downloaded to")
+    p.add_argument("--archive", nargs="?", const="", help="the CIFAR archive to read (the dataset's own, or downloaded)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--expect", type=_json, help='images per split the workflow planned, e.g. {"train": 50000, "test": 10000}')
     p.set_defaults(run=cmd_prepare_shards)
 
+    p = verbs.add_parser("synthetic-cifar", help="write a CIFAR-100-format archive of class-structured images")
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=50_000)
+    p.add_argument("--test", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_synthetic_cifar)
+
     for verb, func, help_text in (("init-store", cmd_init_store, "create the empty Zarr store"),
-                                  ("embed-chunk", cmd_embed_chunk, "embed one shard into its store region")):
+                                  ("embed-shards", cmd_embed_shards, "embed shards into their store regions")):
         p = verbs.add_parser(verb, help=help_text)
         p.add_argument("--store", required=True)
-        p.add_argument("--meta", required=True)
         p.add_argument("--backbone", type=_json, required=True, help="the backbone's config entry as JSON")
         p.add_argument("--features", type=_json, required=True, help="the features config as JSON")
         p.add_argument("--seed", type=int, default=0)
-        if verb == "embed-chunk":
-            p.add_argument("--shard", required=True)
-            p.add_argument("--flag", required=True, help="flag file written once the region is verified")
+        if verb == "init-store":
+            p.add_argument("--layout", type=_json, required=True,
+                           help='the planned splits, e.g. {"sizes": {"train": 50000, "test": 10000}, '
+                                '"shard_size": 1000, "image_shape": [32, 32, 3]}')
+        if verb == "embed-shards":
+            p.add_argument("shards", nargs="+", help="shard files, each embedded into its own region")
+            p.add_argument("--flag", required=True, help="flag file written once every region is verified")
             p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
         p.set_defaults(run=func)
 
@@ -142,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", help="cls, mean or flat (default: the best on validation)")
     p.add_argument("--dataset", help="needed only when the backbone was probed on several datasets")
     p.add_argument("--results", default="results", help="the run's results folder")
-    p.add_argument("--config", help="the run's config, for local backbone weights (optional)")
+    p.add_argument("--config", help="a config whose backbone entry (model, weights) replaces the one the run recorded")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_predict)
 
@@ -153,13 +195,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_failure(err: BaseException) -> str:
+    """One line for any failure: what went wrong and what to do."""
+    if isinstance(err, MimprobeError):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {err.filename}" if err.filename else ""
+        return (f"the disk is full{where}. Free space (or move results/ to a larger disk), then rerun: "
+                "outputs are written whole or not at all.")
+    if isinstance(err, MemoryError):
+        return "out of memory. Give the job more memory (profile mem_mb), or lower batch sizes in the config."
+    if isinstance(err, OSError):
+        return f"{err.strerror or err} ({err.filename or 'no file named'}). Check the path and its permissions."
+    frame = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+    where = f" at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else ""
+    return (f"internal error {type(err).__name__}: {err}{where}. This is a bug: please report it with this "
+            "line; rerun with MIMPROBE_TRACEBACK=1 for the full traceback.")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    began = time.perf_counter()
     try:
         args.run(args)
-    except MimprobeError as err:
-        print(f"mimprobe {args.verb}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"mimprobe {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line that says what to do
+        if os.environ.get("MIMPROBE_TRACEBACK"):
+            traceback.print_exc()
+        print(f"mimprobe {args.verb}: error: {describe_failure(err)}", file=sys.stderr)
         return 1
+    print(f"mimprobe {args.verb}: done in {time.perf_counter() - began:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -11,9 +12,9 @@ from jsonschema import Draft7Validator, validators
 
 from .datasets import BUILTIN_SPLIT_SIZES
 from .errors import ConfigError
+from .layout import NAME_PATTERN, shard_count
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-SPLITS = ("train", "test")
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 MAX_SHARDS_PER_SPLIT = 10_000  # one Snakemake job each: beyond this the DAG itself becomes the bottleneck
 
 
@@ -41,8 +42,20 @@ def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+def _check_names(config: dict) -> None:
+    """Dataset and backbone names become folder names and command-line words: a safe alphabet only."""
+    for section in ("datasets", "backbones"):
+        for name in config.get(section) or {}:
+            if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+                raise ConfigError(f"config key {section}.{name}: use letters, digits, '_', '.' and '-' in names, "
+                                  "not starting with '.' (names become folder names and command-line words).")
+
+
 def validate_config(config: dict) -> dict:
     """Fill defaults in place and reject bad values with a message naming the key."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config is a {type(config).__name__}, not a mapping of keys to values.")
+    _check_names(config)
     validator = DefaultingValidator(load_schema())
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
@@ -90,7 +103,9 @@ def _check_shard_size(name: str, dataset: dict) -> None:
         raise ConfigError(f"{key}: {size!r} is not a whole number of images; write it without a decimal point.")
     if dataset["kind"] not in BUILTIN_SPLIT_SIZES:
         return  # image folders are counted when the DAG is built
-    for split, count in split_sizes(dataset).items():
+    limit = dataset.get("limit") or {}
+    sizes = {s: min(n, limit.get(s) or n) for s, n in BUILTIN_SPLIT_SIZES[dataset["kind"]].items()}
+    for split, count in sizes.items():
         if shard_count(count, size) > MAX_SHARDS_PER_SPLIT:
             raise ConfigError(
                 f"{key}: {size} gives {shard_count(count, size)} shards (jobs) for the {count} {split} images; "
@@ -132,31 +147,18 @@ def _check_blocks_exist(key: str, name: str, model_spec: str, blocks) -> None:
 
 
 def load_config(path: str | Path) -> dict:
-    with open(path) as handle:
-        return validate_config(yaml.safe_load(handle) or {})
-
-
-def split_sizes(dataset: dict) -> dict[str, int]:
-    """Images per split after `limit`, known before any job runs."""
-    if dataset["kind"] == "imagefolder":
-        from .imagefolder import count_images
-
-        full = count_images(dataset["root"])
-    else:
-        full = BUILTIN_SPLIT_SIZES[dataset["kind"]]
-    limit = dataset.get("limit") or {}
-    return {s: min(full[s], limit.get(s) or full[s]) for s in SPLITS}
-
-
-def shard_count(n_images: int, shard_size: int) -> int:
-    return max(1, math.ceil(n_images / shard_size))
-
-
-def shard_names(dataset: dict) -> list[str]:
-    """Shard ids like 'train-0003' for every split of a dataset."""
-    sizes = split_sizes(dataset)
-    return [
-        f"{split}-{i:04d}"
-        for split in SPLITS
-        for i in range(shard_count(sizes[split], dataset["shard_size"]))
-    ]
+    """Read and validate a config file; a missing or malformed file is one line naming it."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror}). Check the path.") from None
+    try:
+        config = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line} ({getattr(err, 'problem', None) or err}).") from None
+    try:
+        return validate_config(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None

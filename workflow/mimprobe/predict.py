@@ -94,15 +94,17 @@ def embed_images(run: Run, images: np.ndarray, arrays: list[tuple[int, str]], co
     from .store import open_store
 
     attrs = dict(open_store(run.store).attrs)
-    weights = None
+    recorded = attrs.get("backbone", {"model": attrs["model"]})  # the model and weights the run embedded with
     if config_path:
         from .config import load_config
 
-        if not Path(config_path).is_file():
-            raise DataError(f"{config_path}: config file not found. Pass the --config the run used, or omit it.")
-
-        weights = load_config(config_path)["backbones"].get(run.backbone, {}).get("weights")
-    backbone = create_backbone(attrs["model"], weights, attrs.get("final_norm", False), run.payload["seed"])
+        entry = load_config(config_path)["backbones"].get(run.backbone)
+        if entry is None:
+            raise DataError(f"{config_path}: has no backbone {run.backbone!r}. Pass the config that names it, "
+                            "or omit --config to use what the run recorded.")
+        recorded = entry
+    backbone = create_backbone(recorded["model"], recorded.get("weights"), attrs.get("final_norm", False),
+                               run.payload["seed"])
     blocks, poolings = sorted({b for b, _ in arrays}), sorted({p for _, p in arrays})
     with torch.inference_mode():
         features = backbone.forward_blocks(backbone.preprocess(torch.from_numpy(images)), blocks, poolings)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, sha256_file, write_json
-from .config import SPLITS, shard_count
+from .atomic import sha256_file, write_json
+from .layout import SPLITS, shard_count, shard_name
+from .shardfile import write_shard
 from .datasets import RawDataset, SplitArrays
 from .errors import DataError
 
@@ -51,42 +51,19 @@ def stratified_validation(labels: np.ndarray, fraction: float, seed: int) -> np.
     return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
 
 
-def write_shard(path: Path, images, labels, coarse, global_index) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(
-                handle,
-                images=images,
-                labels=labels,
-                coarse_labels=coarse if coarse is not None else np.full(len(labels), -1, np.int64),
-                index=global_index,
-            )
+def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed: int,
+                   expect: dict[str, int] | None = None) -> dict:
+    """Write every shard of a dataset and then meta.json (written last: it marks completion).
 
-
-def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict[str, np.ndarray]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: shard missing. Delete {path.parent / 'meta.json'} and rerun to rebuild it.")
-    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
-        raise DataError(
-            f"{path}: checksum differs from {path.parent / 'meta.json'} (truncated or modified shard). "
-            f"Delete {path.parent / 'meta.json'} and rerun to rebuild the shards."
-        )
-    try:
-        with np.load(path) as data:
-            return {key: data[key] for key in ("images", "labels", "coarse_labels", "index")}
-    except Exception as err:  # noqa: BLE001 - any load failure means a damaged shard
-        raise DataError(
-            f"{path}: unreadable shard ({err}). Delete {path.parent / 'meta.json'} and rerun to rebuild it."
-        ) from err
-
-
-def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed: int) -> dict:
-    """Write every shard of a dataset and then meta.json (written last: it marks completion)."""
+    `expect` is what the workflow planned (images per split): the shards written must be those."""
     out_dir = Path(out_dir)
     raw = load_raw_dataset(dataset, resources_dir)
     limits = dataset.get("limit") or {}
     splits = {"train": _limit(raw.train, limits.get("train")), "test": _limit(raw.test, limits.get("test"))}
+    counts = {split: len(arrays.labels) for split, arrays in splits.items()}
+    if expect is not None and counts != expect:
+        raise DataError(f"the dataset now holds {counts} images per split, but the workflow planned {expect} "
+                        "(its source changed after planning). Rerun snakemake: it plans from the source again.")
     shard_size = dataset["shard_size"]
     meta = {
         "kind": dataset["kind"],
@@ -106,7 +83,7 @@ def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed:
         }
         for i in range(shard_count(count, shard_size)):
             lo, hi = i * shard_size, min((i + 1) * shard_size, count)
-            name = f"{split}-{i:04d}"
+            name = shard_name(split, i)
             path = out_dir / f"{name}.npz"
             coarse = None if arrays.coarse_labels is None else arrays.coarse_labels[lo:hi]
             write_shard(path, arrays.images[lo:hi], arrays.labels[lo:hi], coarse, np.arange(lo, hi))
@@ -122,5 +99,3 @@ def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed:
     return meta
 
 
-def read_meta(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -16,14 +16,7 @@ import zarr
 
 from .atomic import sha256_bytes
 from .errors import DataError
-
-
-def feature_column(block: int, pooling: str) -> str:
-    return f"{pooling}/b{block:03d}"
-
-
-def array_name(split: str, pooling: str, block: int) -> str:
-    return f"{split}/{feature_column(block, pooling)}"
+from .layout import array_name, feature_column, shard_name
 
 
 def store_chunk_rows(shard_size: int, at_most: int) -> int:
@@ -86,13 +79,26 @@ def require_chunk_files(root, path: Path) -> None:
             for index in range(-(-count // rows)):
                 chunk = path / array.path / array.metadata.encode_chunk_key((index, *others))
                 if not chunk.is_file():
-                    shard = f"{split}-{index * rows // shard_size:04d}"
-                    flags = path.with_name(path.name.removesuffix(".zarr") + ".chunks")
+                    shard = shard_name(split, index * rows // shard_size)
                     raise DataError(
                         f"{chunk}: store chunk file missing (deleted, or its job never finished). Delete "
-                        f"{flags / (shard + '.json')} and {path.with_suffix('.ok.json')}, then rerun snakemake "
+                        f"{flag_of_shard(path, shard)} and {path.with_suffix('.ok.json')}, then rerun snakemake "
                         f"to re-embed shard {shard}."
                     )
+
+
+def flag_of_shard(store: Path, shard: str) -> Path:
+    """The embedding job's flag that vouches for a shard (its lane), or where such flags live."""
+    import json
+
+    flags = store.with_name(store.name.removesuffix(".zarr") + ".chunks")
+    for flag in sorted(flags.glob("*.json")):
+        try:
+            if shard in {r.get("shard") for r in flag_regions(json.loads(flag.read_text()))}:
+                return flag
+        except (OSError, ValueError):
+            continue
+    return flags / "<the flag listing it>.json"
 
 
 def feature_keys(root) -> list[tuple[int, str]]:

@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .store import feature_column, region_arrays
+from .layout import feature_column
+from .store import region_arrays
 
 BATCHES_IN_FLIGHT = 2  # device and host memory held by batches not yet in the host buffers
 CHUNKS_IN_FLIGHT = 2  # chunks queued for writing before the host thread (and so the forward) waits

@@ -1,41 +1,93 @@
 import json
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+from snakemake.settings.types import DeploymentMethod
 
-from mimprobe.config import backbone_features, shard_names, validate_config
-from mimprobe.errors import ConfigError
+SRC = Path(workflow.basedir) / "workflow"
+sys.path.insert(0, str(SRC))
+
+from mimprobe import layout
+from mimprobe.config import backbone_features, validate_config
+from mimprobe.datasets import CIFAR_ARCHIVES
+from mimprobe.errors import MimprobeError
+from mimprobe.plan import image_shape, lanes, shard_names, shard_sources, split_sizes
 from mimprobe.probes import enabled_families
+from mimprobe.provenance import code_fingerprint
 
 try:
     validate_config(config)
-except ConfigError as err:
+except MimprobeError as err:
     raise WorkflowError(f"Invalid config: {err}") from None
 
 # Image folders are checked image by image (headers only) before any job runs; cluster jobs,
 # which re-read this file, skip it.
 for _name, _dataset in config["datasets"].items():
     if _dataset["kind"] == "imagefolder" and workflow.is_main_process:
-        from mimprobe.errors import DataError
         from mimprobe.imagefolder import check_image_folder
 
         try:
             check_image_folder(_dataset["root"])
-        except DataError as err:
+        except MimprobeError as err:
             raise WorkflowError(f"Dataset {_name} (config key datasets.{_name}.root): {err}") from None
+
+# Rules call `mimprobe`, a shell function defined here, never whatever `mimprobe` is on PATH: it runs
+# the package this file planned with, through the interpreter that runs Snakemake (SLURM jobs re-read
+# this file and resolve the same paths), or the rule's environment's python under conda deployment.
+_python = "python" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else sys.executable
+shell.prefix(
+    "set -euo pipefail; "
+    f'mimprobe() {{{{ PYTHONPATH={shlex.quote(str(SRC))} {shlex.quote(_python)} -m mimprobe "$@"; }}}}; '
+)
 
 DATASETS = list(config["datasets"])
 BACKBONES = list(config["backbones"])
-SHARDS = {name: shard_names(dataset) for name, dataset in config["datasets"].items()}
+try:
+    SIZES = {name: split_sizes(entry) for name, entry in config["datasets"].items()}
+    SOURCES = {name: shard_sources(entry, SIZES[name]) for name, entry in config["datasets"].items()}
+except MimprobeError as err:
+    raise WorkflowError(f"Invalid dataset: {err}") from None
+SHARDS = {name: shard_names(entry, SIZES[name]) for name, entry in config["datasets"].items()}
+LANES = {
+    (backbone, dataset): lanes(SHARDS[dataset], backbone_features(config, backbone)["shards_per_job"])
+    for backbone in BACKBONES
+    for dataset in DATASETS
+}
 PROBES = enabled_families(config)
+# What each rule's output is computed by: a change to one of these modules reruns its jobs.
+CODE = {
+    "prepare_shards": code_fingerprint("shards"),
+    "embed": code_fingerprint("extract", "shards"),  # shard content comes from the shards module
+    "check_store": code_fingerprint("store"),
+    "report": code_fingerprint("report"),
+} | {family: code_fingerprint("probes.common", f"probes.{family}") for family in PROBES}
+
+
+def sharding_memory_mb(name):
+    """A dataset held in memory a few times over (decoded archive, arrays, shard copies), plus headroom."""
+    entry = config["datasets"][name]
+    images = sum(SIZES[name].values()) * entry["image_size"] ** 2 * 3
+    return 2000 + 4 * images // 1_000_000
+
+
+def archive_path(entry):
+    """The dataset's CIFAR archive: its local file, or what the download rule fetches."""
+    if entry["kind"] not in CIFAR_ARCHIVES:
+        return []
+    return entry["archive"] or f"{config['resources_dir']}/{CIFAR_ARCHIVES[entry['kind']]['filename']}"
+
+
+def choice(names):
+    return "|".join(map(re.escape, names)) or "none"
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS) or "none",
-    backbone="|".join(BACKBONES) or "none",
-    shard=r"(train|test)-\d{4}",
+    dataset=choice(DATASETS),
+    backbone=choice(BACKBONES),
+    lane=r"lane-\d{3}",
 
 
 def as_json(value):
@@ -55,7 +107,59 @@ def backbone_config(wildcards):
 
 
 def features_config(wildcards):
-    return as_json(backbone_features(config, wildcards.backbone))
+    features = dict(backbone_features(config, wildcards.backbone))
+    features.pop("shards_per_job")  # which job embeds a shard: the lanes' own params
+    return as_json(features)
+
+
+def store_layout(wildcards):
+    """The store's shape, as planned from the dataset: its splits, shards and image size."""
+    entry = config["datasets"][wildcards.dataset]
+    return as_json(
+        {"sizes": SIZES[wildcards.dataset], "shard_size": entry["shard_size"], "image_shape": image_shape(entry)}
+    )
+
+
+def store_identity(wildcards):
+    """Everything a store's content depends on. init_store reads no file but carries all of it, so a
+    change anywhere (config, images, code, how shards are grouped into jobs) recreates the store and
+    re-embeds it, while a shard rebuilt unchanged re-embeds only the job that was missing it."""
+    lanes = LANES[(wildcards.backbone, wildcards.dataset)]
+    sources = SOURCES[wildcards.dataset]
+    return as_json(
+        [
+            backbone_config(wildcards),
+            features_config(wildcards),
+            store_layout(wildcards),
+            CODE["embed"],
+            {lane: [sources[shard] for shard in named] for lane, named in lanes.items()},
+        ]
+    )
+
+
+def lane_shards(wildcards):
+    return LANES[(wildcards.backbone, wildcards.dataset)][wildcards.lane]
+
+
+def lane_shard_files(wildcards):
+    return [layout.shard_path(wildcards.dataset, shard) for shard in lane_shards(wildcards)]
+
+
+def lane_sources(wildcards):
+    """The lane's shards and what each is made of: the job reruns when either changes."""
+    sources = SOURCES[wildcards.dataset]
+    return as_json({shard: sources[shard] for shard in lane_shards(wildcards)})
+
+
+def embed_gpus(wildcards):
+    return 0 if backbone_features(config, wildcards.backbone)["device"] == "cpu" else 1
+
+
+def lane_flags(wildcards):
+    return [
+        layout.flag_path(wildcards.backbone, wildcards.dataset, lane)
+        for lane in LANES[(wildcards.backbone, wildcards.dataset)]
+    ]
 
 
 def probe_settings(family):
@@ -64,36 +168,26 @@ def probe_settings(family):
     return settings
 
 
-def batch_size(wildcards):
-    return config["backbones"][wildcards.backbone]["batch_size"]
-
-
-def chunk_flags(wildcards):
-    return expand(
-        "results/embeddings/{backbone}/{dataset}.chunks/{shard}.json",
-        backbone=wildcards.backbone,
-        dataset=wildcards.dataset,
-        shard=SHARDS[wildcards.dataset],
-    )
-
-
 def probe_outputs():
     return expand(
-        "results/probes/{backbone}/{dataset}/{family}.json",
-        backbone=BACKBONES,
-        dataset=DATASETS,
-        family=PROBES,
+        layout.probe_json("{backbone}", "{dataset}", "{family}"), backbone=BACKBONES, dataset=DATASETS, family=PROBES
     )
 
 
 def final_outputs():
-    return list(rules.report.output)  # the table, the summary and every plot
+    """Everything the workflow writes, so that any output deleted by hand is made again."""
+    shards = [layout.shard_path(d, s) for d in DATASETS for s in SHARDS[d]]
+    metas = [layout.meta_path(d) for d in DATASETS]
+    flags = [layout.flag_path(b, d, lane) for (b, d), named in LANES.items() for lane in named]
+    checked = [layout.checked_path(b, d) for b in BACKBONES for d in DATASETS]
+    probes = [path for p in probe_outputs() for path in (p, layout.predictions_path(p), layout.heads_path(p))]
+    return shards + metas + flags + checked + [str(p) for p in probes] + list(rules.report.output)
 
 
 def report_figure(name, category, subcategory=None):
     """A figure registered for `snakemake --report`, its caption in workflow/report/{name}.rst."""
     return report(
-        f"results/report/plots/{name}.png",
+        f"{layout.REPORT_DIR}/plots/{name}.png",
         caption=f"../report/{name}.rst",
         category=category,
         subcategory=subcategory,
@@ -111,5 +205,5 @@ def report_figures():
     }
     if "fewshot" in PROBES:
         figures["fewshot"] = report_figure("fewshot", "1. Accuracy", "few-shot")
-    figures |= {f"{name}_svg": f"results/report/plots/{name}.svg" for name in list(figures)}
+    figures |= {f"{name}_svg": f"{layout.REPORT_DIR}/plots/{name}.svg" for name in list(figures)}
     return figures

@@ -20,7 +20,7 @@ import torch
 
 from ..atomic import atomic_path, write_json
 from ..metrics import cluster_metrics_with_ci, metrics_over_draws, metrics_with_ci, per_class_accuracy
-from ..shards import read_meta
+from ..layout import read_meta
 from ..provenance import provenance
 from ..store import feature_keys, open_store, read_features, read_labels
 
@@ -163,7 +163,8 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
                                 **{k.replace("/", "__"): v for k, v in predictions.items()})
     with atomic_path(out_json.with_suffix(".heads.pt")) as tmp:
         torch.save(heads, tmp)
-    payload = context | {"probe": family, "params": params, "seed": seed,
+    payload = context | {"probe": family, "model": root.attrs["model"], "block_count": root.attrs["block_count"],
+                         "params": params, "seed": seed,
                          "class_names": meta["class_names"], "results": results, "provenance": provenance()}
     write_json(out_json, payload)
     return payload

@@ -1,0 +1,110 @@
+"""What the DAG needs before any job runs: split sizes, shard names, embedding lanes, source digests.
+
+Counts come from the source itself wherever it can differ from the official sizes: an image folder is
+listed, and a local CIFAR archive that is not the official one (`verify_md5: false`) is read once
+(its counts are cached by path, size and modification time, since every Snakemake job re-plans the
+DAG). The official archives have the official sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from .datasets import BUILTIN_SPLIT_SIZES
+from .errors import DataError
+from .layout import SPLITS, lane_name, shard_count, shard_name
+
+MAX_AUTO_LANES = 4  # `shards_per_job: auto`: at most this many embedding jobs per backbone and dataset
+COUNTS_CACHE = Path(".snakemake") / "mimprobe" / "archive-counts.json"
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def archive_counts(path: str | Path, kind: str, cache: Path = COUNTS_CACHE) -> dict[str, int]:
+    """Images per split in a local CIFAR archive, read once and cached."""
+    from .datasets import read_cifar_archive
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: archive not found. Check datasets.<name>.archive.")
+    key = _file_key(path)
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    if key not in known:
+        raw = read_cifar_archive(path, kind)
+        known[key] = {"train": len(raw.train.labels), "test": len(raw.test.labels)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    return known[key]
+
+
+def source_sizes(dataset: dict) -> dict[str, int]:
+    """Images per split of the dataset's source, before `limit`."""
+    kind = dataset["kind"]
+    if kind == "imagefolder":
+        from .imagefolder import count_images
+
+        return count_images(dataset["root"])
+    if dataset.get("archive") and not dataset.get("verify_md5", True):
+        return archive_counts(dataset["archive"], kind)
+    return dict(BUILTIN_SPLIT_SIZES[kind])
+
+
+def split_sizes(dataset: dict) -> dict[str, int]:
+    """Images per split after `limit`, known before any job runs."""
+    full = source_sizes(dataset)
+    limit = dataset.get("limit") or {}
+    return {s: min(full[s], limit.get(s) or full[s]) for s in SPLITS}
+
+
+def image_shape(dataset: dict) -> list[int]:
+    """(H, W, 3) of the dataset's shards: CIFAR and digits are 32x32, image folders `image_size` squared."""
+    side = dataset["image_size"] if dataset["kind"] == "imagefolder" else 32
+    return [side, side, 3]
+
+
+def shard_names(dataset: dict, sizes: dict[str, int] | None = None) -> list[str]:
+    """Shard ids like 'train-0003' for every split of a dataset, train first."""
+    sizes = sizes or split_sizes(dataset)
+    return [shard_name(split, i) for split in SPLITS for i in range(shard_count(sizes[split], dataset["shard_size"]))]
+
+
+def lanes(shards: list[str], shards_per_job) -> dict[str, list[str]]:
+    """Embedding jobs: consecutive shards, `shards_per_job` each (auto: at most MAX_AUTO_LANES jobs)."""
+    per_job = math.ceil(len(shards) / MAX_AUTO_LANES) if shards_per_job == "auto" else int(shards_per_job)
+    return {lane_name(i): shards[start:start + per_job]
+            for i, start in enumerate(range(0, len(shards), per_job))}
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def shard_sources(dataset: dict, sizes: dict[str, int]) -> dict[str, str]:
+    """A digest per shard of what its images are made from, so that an embedding job reruns exactly
+    when its shards' content would change: the image files of its slice of an image folder (names,
+    sizes, modification times), a local archive's identity, or the built-in source."""
+    names = shard_names(dataset, sizes)
+    settings = {k: v for k, v in dataset.items() if k != "val_fraction"}  # validation does not touch images
+    if dataset["kind"] == "imagefolder":
+        from .imagefolder import list_image_folder
+
+        _, files = list_image_folder(dataset["root"])
+        root, size, out = Path(dataset["root"]), dataset["shard_size"], {}
+        for split in SPLITS:
+            for i in range(shard_count(sizes[split], size)):
+                members = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                           for p, _ in files[split][i * size:(i + 1) * size]]
+                out[shard_name(split, i)] = _digest(settings, members)
+        return out
+    archive = Path(dataset["archive"]) if dataset.get("archive") else None
+    identity = _file_key(archive) if archive and archive.is_file() else "official"
+    return {name: _digest(settings, identity, name) for name in names}
