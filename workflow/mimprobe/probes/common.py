@@ -134,10 +134,7 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
         key = f"b{outcome.block:03d}/{outcome.pooling}/{outcome.setting}"
         coarse = meta.get("fine_to_coarse")
         if outcome.test_clusters is not None:
-            # AMI is slow to recompute: a family may cap the resamples (and records the cap it used)
-            capped = min(resamples, outcome.extra.get("bootstrap_resamples", resamples))
-            outcome.extra["bootstrap_resamples"] = capped
-            test, outcome.test_probs = cluster_metrics_with_ci(labels, outcome.test_clusters, capped, seed,
+            test, outcome.test_probs = cluster_metrics_with_ci(labels, outcome.test_clusters, resamples, seed,
                                                                  len(meta["class_names"]))
         elif outcome.test_draws is not None:
             test = metrics_over_draws(labels, outcome.test_draws, coarse, resamples, seed)

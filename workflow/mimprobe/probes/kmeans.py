@@ -3,8 +3,8 @@
 Features are standardised with the train mean/std and L2-normalised; k-means (sklearn, seeded,
 `n_init` restarts) is fitted on all of train and assigns the test images; test scores are ACC
 (clusters matched one-to-one to classes by the Hungarian algorithm), NMI, AMI and ARI with
-bootstrap CIs over at most `max_bootstrap` resamples (AMI costs ~0.2 s per 10,000-image
-resample). No hyper-parameters, so no validation scores.
+bootstrap CIs over `report.bootstrap` resamples, like every family. No hyper-parameters, so no
+validation scores.
 
 Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = nearest centroid to normalise((x - mean) / std).
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .common import ProbeOutcome, Splits, standardizer
 
-DEFAULTS = {"n_init": 3, "max_iter": 100, "max_bootstrap": 200}
+DEFAULTS = {"n_init": 3, "max_iter": 100}
 
 
 def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
@@ -34,5 +34,4 @@ def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
     clusters = kmeans.predict(prepare(splits.test.x))
     head = {"mean": mean, "std": std, "centroids": torch.as_tensor(kmeans.cluster_centers_)}
     return ProbeOutcome(f"k={splits.num_classes}", {"k": splits.num_classes}, {}, None, head,
-                        test_clusters=np.asarray(clusters, dtype=np.int64),
-                        extra={"bootstrap_resamples": params["max_bootstrap"]})
+                        test_clusters=np.asarray(clusters, dtype=np.int64))
