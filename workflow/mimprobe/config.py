@@ -60,6 +60,8 @@ def _check_semantics(config: dict) -> None:
             raise ConfigError(f"config key datasets.{name}.root: kind imagefolder needs a root folder.")
         if dataset["kind"] not in ("cifar100", "cifar10") and dataset.get("archive"):
             raise ConfigError(f"config key datasets.{name}.archive: only cifar100/cifar10 read archives.")
+        if dataset["kind"] != "imagefolder" and dataset["allow_outside_links"]:
+            raise ConfigError(f"config key datasets.{name}.allow_outside_links: only imagefolder reads links.")
         _check_shard_size(name, dataset)
     for name, backbone in config["backbones"].items():
         try:
@@ -141,7 +143,7 @@ def split_sizes(dataset: dict) -> dict[str, int]:
     if dataset["kind"] == "imagefolder":
         from .imagefolder import count_images
 
-        full = count_images(dataset["root"])
+        full = count_images(dataset["root"], dataset["allow_outside_links"])
     else:
         full = BUILTIN_SPLIT_SIZES[dataset["kind"]]
     limit = dataset.get("limit") or {}
