@@ -213,11 +213,12 @@ def _check_superclasses(parts: list, member_names: list[str], archive: Path) -> 
     """Each CIFAR-100 class belongs to one superclass in every batch."""
     superclass = {}
     for member, (_, fine, coarse) in zip(member_names, parts):
-        for f, c in zip(*np.unique(np.stack([fine, coarse]), axis=1)):
-            if superclass.setdefault(int(f), (int(c), member))[0] != c:
+        pairs = np.unique(fine << 32 | coarse)  # labels are checked non-negative and small by now
+        for f, c in zip((pairs >> 32).tolist(), (pairs & 0xFFFFFFFF).tolist()):
+            if superclass.setdefault(f, (c, member))[0] != c:
                 raise DataError(
                     f"{archive}: member {member!r} puts class {f} in superclass {c}, but member "
-                    f"{superclass[int(f)][1]!r} puts it in superclass {superclass[int(f)][0]}. "
+                    f"{superclass[f][1]!r} puts it in superclass {superclass[f][0]}. "
                     "The archive is inconsistent; use the official one."
                 )
 
