@@ -66,13 +66,15 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_semantics(config: dict) -> None:
-    from .backbones import check_model_spec
+    from .backbones import check_model_spec, parse_spec
 
     for name, dataset in config["datasets"].items():
         if dataset["kind"] == "imagefolder" and not dataset.get("root"):
             raise ConfigError(f"config key datasets.{name}.root: kind imagefolder needs a root folder.")
         if dataset["kind"] not in ("cifar100", "cifar10") and dataset.get("archive"):
             raise ConfigError(f"config key datasets.{name}.archive: only cifar100/cifar10 read archives.")
+        if dataset["kind"] != "imagefolder" and dataset["allow_outside_links"]:
+            raise ConfigError(f"config key datasets.{name}.allow_outside_links: only imagefolder reads links.")
         _check_shard_size(name, dataset)
     for name, backbone in config["backbones"].items():
         try:
@@ -87,7 +89,10 @@ def _check_semantics(config: dict) -> None:
         blocks = backbone_features(config, name)["blocks"]
         if isinstance(blocks, str) and blocks != "all":
             raise ConfigError(f"config key {key}: use 'all' or a list of block indices.")
-        _check_blocks_exist(key, name, backbone["model"], blocks)
+        if parse_spec(backbone["model"])[0] == "pixels":
+            _check_pixels_blocks(name, backbone["features"].get("blocks", "all"))
+        else:
+            _check_blocks_exist(key, name, backbone["model"], blocks)
 
 
 def backbone_features(config: dict, name: str) -> dict:
@@ -144,6 +149,13 @@ def _check_blocks_exist(key: str, name: str, model_spec: str, blocks) -> None:
         backbone.resolve_blocks(blocks)
     except IndexError as err:
         raise ConfigError(f"config key {key}: backbones.{name} ({model_spec}): {err}.") from None
+
+
+def _check_pixels_blocks(name: str, blocks) -> None:
+    """Raw pixels are one block: the top-level blocks do not apply, and its own may only name it."""
+    if blocks not in ("all", [0], [-1]):
+        raise ConfigError(f"config key backbones.{name}.features.blocks: {blocks!r}, but the pixels baseline has "
+                          "one block; use [0], [-1] or all, or remove the key.")
 
 
 def load_config(path: str | Path) -> dict:

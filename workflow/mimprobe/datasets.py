@@ -5,6 +5,7 @@ Every loader returns a `RawDataset` of uint8 NHWC images; `shards.py` cuts it in
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import DataError
 
 CIFAR_ARCHIVES = {
@@ -62,18 +64,69 @@ def _text(value) -> str:
     return value.decode("latin1") if isinstance(value, bytes) else str(value)
 
 
+def _numpy_reconstruct():
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# Everything a CIFAR pickle names: numpy arrays (protocol 2 rebuilds them through `_reconstruct`,
+# under numpy 1's module name or numpy 2's); the rest is dicts, lists, ints and strings.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+}
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers, and refuses every other global.
+
+    A plain `pickle.loads` calls whatever a member names (`posix.system`, `builtins.eval`...), so
+    an archive that is not the official one could run code; this one never imports anything.
+    """
+
+    def __init__(self, blob: bytes, member: str, archive: Path):
+        super().__init__(io.BytesIO(blob), encoding="bytes")
+        self.member, self.archive = member, archive
+
+    def find_class(self, module: str, name: str):
+        allowed = _CIFAR_GLOBALS.get((module, name))
+        if allowed is None:
+            raise DataError(
+                f"{self.archive}: member {self.member!r} refused: it would call {module}.{name} when "
+                "unpickled (a CIFAR pickle holds only numpy arrays, lists, numbers and strings). "
+                "This is not an official archive; use the official one."
+            )
+        return allowed()
+
+    def persistent_load(self, pid):
+        raise DataError(f"{self.archive}: member {self.member!r} refused: it uses persistent ids, "
+                        "which no CIFAR pickle holds. Use the official archive.")
+
+
 def _unpickle_py2(blob: bytes, member: str, archive: Path) -> dict:
     """Load a CIFAR pickle written by Python 2 and return it with str keys."""
     try:
-        raw = pickle.loads(blob, encoding="bytes")
+        raw = CifarUnpickler(blob, member, archive).load()
+    except DataError:
+        raise
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt member
         raise DataError(
-            f"{archive}: member {member!r} is not a readable CIFAR pickle ({err}). "
-            "Delete the archive and download it again."
-        ) from err
+            f"{archive}: member {member!r} is not a readable CIFAR pickle ({type(err).__name__}: "
+            f"{_first_line(err)}). Delete the archive and download it again."
+        ) from None
     if not isinstance(raw, dict):
         raise DataError(f"{archive}: member {member!r} holds {type(raw).__name__}, expected a dict.")
     return {_text(key): value for key, value in raw.items()}
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else "no message"
 
 
 def refuse_escaping_members(tar: tarfile.TarFile, archive: Path) -> None:
@@ -106,26 +159,74 @@ def _safe_member(tar: tarfile.TarFile, name: str, archive: Path):
     return tar.extractfile(info).read()
 
 
-def _batch_to_arrays(batch: dict, member: str, archive: Path, fine_key: str):
-    data = np.asarray(batch.get("data"))
+def _labels(batch: dict, key: str, member: str, archive: Path) -> np.ndarray:
+    if key not in batch:
+        raise DataError(f"{archive}: member {member!r} has no {key!r} key. Is this a CIFAR 'python version' archive?")
+    try:
+        labels = np.asarray(batch[key])
+    except (ValueError, TypeError):
+        labels = None
+    if labels is None or labels.ndim != 1 or (labels.size and labels.dtype.kind not in "iu"):
+        raise DataError(f"{archive}: member {member!r} {key!r} is not a list of integer labels.")
+    return labels.astype(np.int64)
+
+
+def _batch_to_arrays(batch: dict, member: str, archive: Path, kind: str):
+    try:
+        data = np.asarray(batch.get("data"))
+    except (ValueError, TypeError):
+        data = np.zeros(0)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{archive}: {member!r} 'data' has shape {data.shape}, expected (N, 3072).")
-    if fine_key not in batch:
-        raise DataError(f"{archive}: {member!r} has no {fine_key!r} key.")
+        raise DataError(f"{archive}: member {member!r} 'data' has shape {data.shape}, expected (N, 3072).")
+    if data.dtype != np.uint8 and (data.dtype.kind not in "iu" or data.size and (data.min() < 0 or data.max() > 255)):
+        raise DataError(f"{archive}: member {member!r} 'data' is not 8-bit pixels (0..255, dtype {data.dtype}).")
     # Rows are channel-major: 1,024 R, then G, then B, each a row-major 32x32 plane.
     images = data.astype(np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    fine = np.asarray(batch[fine_key], dtype=np.int64)
-    coarse = np.asarray(batch["coarse_labels"], dtype=np.int64) if "coarse_labels" in batch else None
-    if len(fine) != len(images):
-        raise DataError(f"{archive}: {member!r} has {len(images)} images but {len(fine)} labels.")
+    fine = _labels(batch, "fine_labels" if kind == "cifar100" else "labels", member, archive)
+    coarse = _labels(batch, "coarse_labels", member, archive) if kind == "cifar100" else None
+    for labels in (fine, coarse):
+        if labels is not None and len(labels) != len(images):
+            raise DataError(f"{archive}: member {member!r} has {len(images)} images but {len(labels)} labels.")
     return images, fine, coarse
+
+
+def _names(meta: dict, key: str, member: str, archive: Path) -> list[str]:
+    if key not in meta:
+        raise DataError(f"{archive}: member {member!r} has no {key!r} key. Is this a CIFAR 'python version' archive?")
+    names = meta[key]
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{archive}: member {member!r} {key!r} is not a list of class names.")
+    return [_text(n) for n in names]
+
+
+def _check_labels(labels: np.ndarray, names: list[str], key: str, member: str, meta: str, archive: Path) -> None:
+    """Every label indexes a class name: out-of-range labels would fail only later, in the probes."""
+    if labels.size and (labels.min() < 0 or labels.max() >= len(names)):
+        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+        raise DataError(
+            f"{archive}: member {member!r} has {key} label {bad}, but member {meta!r} names {len(names)} "
+            f"{key}es (labels 0..{len(names) - 1}). The archive is inconsistent; use the official one."
+        )
+
+
+def _check_superclasses(parts: list, member_names: list[str], archive: Path) -> None:
+    """Each CIFAR-100 class belongs to one superclass in every batch."""
+    superclass = {}
+    for member, (_, fine, coarse) in zip(member_names, parts):
+        pairs = np.unique(fine << 32 | coarse)  # labels are checked non-negative and small by now
+        for f, c in zip((pairs >> 32).tolist(), (pairs & 0xFFFFFFFF).tolist()):
+            if superclass.setdefault(f, (c, member))[0] != c:
+                raise DataError(
+                    f"{archive}: member {member!r} puts class {f} in superclass {c}, but member "
+                    f"{superclass[f][1]!r} puts it in superclass {superclass[f][0]}. "
+                    "The archive is inconsistent; use the official one."
+                )
 
 
 def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
     """Read a CIFAR-10/100 python-version .tar.gz directly, without extracting it to disk."""
     spec = CIFAR_ARCHIVES[kind]
     archive = Path(archive)
-    fine_key = "fine_labels" if kind == "cifar100" else "labels"
     try:
         tar = tarfile.open(archive, "r:*")
     except (tarfile.TarError, OSError, EOFError) as err:
@@ -133,19 +234,10 @@ def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
     with tar:
         try:
             refuse_escaping_members(tar, archive)
-            splits = {}
-            for split in ("train", "test"):
-                parts = [
-                    _batch_to_arrays(
-                        _unpickle_py2(_safe_member(tar, f"{spec['folder']}/{m}", archive), m, archive),
-                        m, archive, fine_key,
-                    )
-                    for m in spec[split]
-                ]
-                coarse = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
-                splits[split] = SplitArrays(
-                    np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), coarse
-                )
+            parts = {}  # members in archive order: reading them in turn never seeks back in the gzip stream
+            for member in spec["train"] + spec["test"]:
+                blob = _safe_member(tar, f"{spec['folder']}/{member}", archive)
+                parts[member] = _batch_to_arrays(_unpickle_py2(blob, member, archive), member, archive, kind)
             meta = _unpickle_py2(
                 _safe_member(tar, f"{spec['folder']}/{spec['meta']}", archive), spec["meta"], archive
             )
@@ -156,16 +248,28 @@ def read_cifar_archive(archive: str | Path, kind: str) -> RawDataset:
         except (tarfile.TarError, EOFError, OSError, __import__("zlib").error) as err:
             raise DataError(f"{archive}: truncated or corrupt archive ({err}). Download it again.") from err
     if kind == "cifar100":
-        names = [_text(n) for n in meta["fine_label_names"]]
-        coarse_names = [_text(n) for n in meta["coarse_label_names"]]
+        names = _names(meta, "fine_label_names", spec["meta"], archive)
+        coarse_names = _names(meta, "coarse_label_names", spec["meta"], archive)
     else:
-        names, coarse_names = [_text(n) for n in meta["label_names"]], None
+        names, coarse_names = _names(meta, "label_names", spec["meta"], archive), None
+    for member, (_, fine, coarse) in parts.items():
+        _check_labels(fine, names, "class", member, spec["meta"], archive)
+        if coarse is not None:
+            _check_labels(coarse, coarse_names, "superclass", member, spec["meta"], archive)
+    if kind == "cifar100":
+        _check_superclasses(list(parts.values()), list(parts), archive)
+    splits = {}
+    for split in ("train", "test"):
+        chosen = [parts[m] for m in spec[split]]
+        coarse = None if kind != "cifar100" else np.concatenate([p[2] for p in chosen])
+        splits[split] = SplitArrays(np.concatenate([p[0] for p in chosen]), np.concatenate([p[1] for p in chosen]),
+                                    coarse)
     return RawDataset(splits["train"], splits["test"], names, coarse_names)
 
 
 def fetch_cifar_archive(kind: str, resources_dir: str | Path, archive: str | None, verify_md5: bool) -> Path:
     """Return the archive path: the configured local file, or torchvision's md5-checked download."""
-    from torchvision.datasets.utils import check_integrity, download_url
+    from torchvision.datasets.utils import check_integrity
 
     spec = CIFAR_ARCHIVES[kind]
     if archive:
@@ -178,13 +282,28 @@ def fetch_cifar_archive(kind: str, resources_dir: str | Path, archive: str | Non
     else:
         path = Path(resources_dir) / spec["filename"]
         if not path.is_file():
-            download_url(spec["url"], str(path.parent), spec["filename"], spec["md5"])
+            _download(spec["url"], path, spec["md5"])
     if verify_md5 and not check_integrity(str(path), spec["md5"]):
         raise DataError(
             f"{path}: md5 differs from the official {kind} archive ({spec['md5']}). Delete it and "
             "download again, or set verify_md5: false for a custom subset in the same format."
         )
     return path
+
+
+def _download(url: str, path: Path, md5: str) -> None:
+    """torchvision's downloader into a temporary name, renamed only once complete; one line on failure."""
+    from torchvision.datasets.utils import download_url
+
+    with atomic_path(path) as tmp:
+        try:
+            download_url(url, str(tmp.parent), tmp.name, md5)
+        except Exception as err:  # noqa: BLE001 - network, HTTP and disk errors all mean the same to the user
+            raise DataError(
+                f"could not download {url} ({type(err).__name__}: {_first_line(err)}). Without internet, "
+                f"download it on another machine and set datasets.<name>.archive to the copied file "
+                f"(or place it at {path})."
+            ) from None
 
 
 def render_digit(digit_8x8: np.ndarray, rng: np.random.Generator, side: int = 32) -> np.ndarray:

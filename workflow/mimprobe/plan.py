@@ -52,7 +52,7 @@ def source_sizes(dataset: dict) -> dict[str, int]:
     if kind == "imagefolder":
         from .imagefolder import count_images
 
-        return count_images(dataset["root"])
+        return count_images(dataset["root"], dataset.get("allow_outside_links", False))
     if dataset.get("archive") and not dataset.get("verify_md5", True):
         return archive_counts(dataset["archive"], kind)
     return dict(BUILTIN_SPLIT_SIZES[kind])
@@ -97,7 +97,7 @@ def shard_sources(dataset: dict, sizes: dict[str, int]) -> dict[str, str]:
     if dataset["kind"] == "imagefolder":
         from .imagefolder import list_image_folder
 
-        _, files = list_image_folder(dataset["root"])
+        _, files = list_image_folder(dataset["root"], dataset.get("allow_outside_links", False))
         root, size, out = Path(dataset["root"]), dataset["shard_size"], {}
         for split in SPLITS:
             for i in range(shard_count(sizes[split], size)):

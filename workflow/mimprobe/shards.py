@@ -27,7 +27,7 @@ def load_raw_dataset(dataset: dict, resources_dir: str) -> RawDataset:
     if kind == "imagefolder":
         from .imagefolder import read_image_folder
 
-        return read_image_folder(dataset["root"], dataset["image_size"])
+        return read_image_folder(dataset["root"], dataset["image_size"], dataset["allow_outside_links"])
     raise DataError(f"unknown dataset kind {kind!r}")
 
 

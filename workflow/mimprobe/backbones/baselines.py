@@ -19,4 +19,4 @@ class Pixels(Backbone):
         return {0: {"flat": x.flatten(1)}}
 
     def resolve_blocks(self, blocks) -> list[int]:
-        return [0]  # block selection does not apply to raw pixels
+        return [0]  # the top-level blocks do not apply; its own are checked by config._check_pixels_blocks

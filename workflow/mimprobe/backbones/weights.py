@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -10,24 +10,39 @@ import torch
 from ..errors import MimprobeError
 
 
-def safe_load(path: str | Path, source: str) -> dict:
-    """torch.load with weights_only=True: a file that carries code (custom classes) is refused."""
+def require_file(path: str | Path, source: str) -> Path:
     path = Path(path)
     if not path.is_file():
         raise MimprobeError(
             f"{source}: weights file {path} does not exist. Set `weights:` of this backbone in the "
             "config (backbones.<name>.weights) to an existing local file."
         )
+    return path
+
+
+def safe_load(path: str | Path, source: str) -> dict:
+    """torch.load with weights_only=True: a file that carries code (custom classes) is refused, and
+    any other failure (a text file, a truncated download) is one line naming the file."""
+    path = require_file(path, source)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MimprobeError(
-            f"{source}: {path} is refused: it is not a plain tensor checkpoint (it would run code when "
-            f"unpickled: {first_line}). Re-save it as a plain state dict: torch.save(model.state_dict(), path)."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise MimprobeError(f"{source}: {path} is not a readable torch checkpoint ({err}).") from None
+    except Exception as err:  # noqa: BLE001 - torch.load raises KeyError, IndexError... on non-checkpoints
+        raise MimprobeError(load_failure(path, source, err)) from None
+
+
+def load_failure(path, source: str, err: BaseException) -> str:
+    """One line for a weights file that did not load: refused code, or not a checkpoint at all."""
+    chain = " ".join(str(e) for e in (err, err.__cause__, err.__context__) if e is not None)  # timm re-raises
+    refused = re.search(r"GLOBAL (\S+)", chain) or re.search(r"Unsupported globals: ([\w.]+\w)", chain)
+    if refused:
+        return (f"{source}: {path} is refused: it would call {refused.group(1)} when unpickled (not a plain "
+                "tensor checkpoint). Re-save it as a plain state dict: torch.save(model.state_dict(), path).")
+    # torch's weights-only message opens with a paragraph of advice; the reason is on a later line
+    reason = re.search(r"Unsupported [^\n]*", str(err))
+    text = " ".join((reason.group(0) if reason else str(err)).split())
+    detail = f"{type(err).__name__}: {text[:240]}{'...' if len(text) > 240 else ''}" if text else type(err).__name__
+    return (f"{source}: {path} did not load as this model's weights ({detail}). Check that `weights:` of this "
+            "backbone (backbones.<name>.weights) names a checkpoint of this model, completely downloaded.")
 
 
 def plain_state_dict(checkpoint, path, source: str) -> dict[str, torch.Tensor]:
