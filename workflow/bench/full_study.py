@@ -1,7 +1,7 @@
 """The full study, rehearsed at full size on any machine (`make rehearsal`; a benchmark, not a test).
 
     python workflow/bench/full_study.py                       # CPU: synthetic ViT-L, all of CIFAR-100
-    python workflow/bench/full_study.py --device cuda --model random:vit_large_patch16_224
+    python workflow/bench/full_study.py --device cuda --model random:vit_large_patch16_224   # one H200: < 8 min
     python workflow/bench/full_study.py --train 2000 --test 500 --out results/bench/small.json
 
 It writes a CIFAR-100-format archive (50,000 / 10,000 class-structured images, Python 2 pickles),
@@ -15,7 +15,10 @@ study's config unchanged. It reports, in a table and in results/bench/full_study
 - probe_family_s: the summed job wall time of each probe family, and the bootstrap's share of it;
 - bootstrap_record_s: one CIFAR-100-sized record (10,000 x 100 probabilities, 1,000 resamples),
   beside the per-resample loop (`point_metrics` on each resample) timed on 50 resamples and scaled;
-- peak_rss_mb: the largest resident set of any job.
+- peak_rss_mb: the largest resident set of any job;
+- with `--device cuda` and a real architecture: workflow_embed_img_s (images / embedding stage), and in
+  the same run our in-process extraction, timm's plain bf16 forward and the matmul ceiling
+  (extract_throughput.py).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def study_config(archive: Path, args) -> dict:
     config["datasets"] = {"cifar100": dataset | {"archive": str(archive), "verify_md5": False}}
     config["backbones"] = {"rehearsal": {"model": args.model}}
     config["features"]["device"] = args.device
+    config["probes"]["device"] = args.device
     if args.bootstrap is not None:
         config["report"]["bootstrap"] = args.bootstrap
     return config
@@ -127,20 +131,21 @@ def probe_timings(workdir: Path) -> dict[str, dict]:
 
 
 def bootstrap_seconds(resamples: int = 1000, reference_resamples: int = 50) -> dict:
-    """One CIFAR-100-sized test record: ours, and the per-resample loop on a few resamples, scaled."""
-    from mimprobe.metrics import metrics_with_ci, point_metrics
+    """One CIFAR-100-sized test record: ours, and the per-resample loop it replaces (a stable sort of
+    every resampled probability matrix, as bootstrap_speed.py times it) on a few resamples, scaled."""
+    from bootstrap_speed import record, sorted_scores  # the same folder: the loop's reference scoring
 
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 100, 10_000)
-    probs = rng.dirichlet(np.full(100, 0.3), 10_000).astype(np.float32)
-    coarse = np.arange(100) // 5
+    from mimprobe.metrics import metrics_with_ci
+
+    labels, draws, coarse, _ = record()
     began = time.perf_counter()
-    metrics_with_ci(labels, probs, coarse, resamples, 0)
+    metrics_with_ci(labels, draws[0], coarse, resamples, 0)
     ours = time.perf_counter() - began
+    rng = np.random.default_rng(0)
     began = time.perf_counter()
     for _ in range(reference_resamples):
         rows = rng.integers(0, len(labels), len(labels))
-        point_metrics(labels[rows], probs[rows], coarse)
+        sorted_scores(labels[rows], draws[0][rows], coarse)
     loop = (time.perf_counter() - began) * resamples / reference_resamples
     return {"bootstrap_record_s": round(ours, 3), "bootstrap_loop_record_s": round(loop, 2)}
 
@@ -187,6 +192,8 @@ def summarise(workdir: Path, args, rc: int, total: float) -> dict:
         "peak_rss_mb": round(max((r["max_rss"] for r in rows), default=0.0), 1),
         "test_records": {f: t["records"] for f, t in sorted(timings.items())},
     }
+    if result["embed_stage_s"]:
+        result["workflow_embed_img_s"] = round(result["images"] / result["embed_stage_s"], 1)
     result |= bootstrap_seconds()
     probe_job_seconds = sum(families.values())
     if measured and len(measured) == len(timings):
@@ -200,6 +207,18 @@ def summarise(workdir: Path, args, rc: int, total: float) -> dict:
     return result
 
 
+def in_process_throughput(args) -> dict:
+    """On a GPU: our in-process extraction beside timm's plain forward and the matmul ceiling, in this run."""
+    import extract_throughput  # the same folder
+
+    out = Path(args.out).with_name("extract_throughput_" + Path(args.out).name)
+    measured = extract_throughput.main(["--model", args.model, "--images", str(args.throughput_images),
+                                        "--batch-size", "256", "--device", args.device, "--out", str(out)])
+    return {"in_process_img_s": measured["ours_img_s"], "timm_forward_img_s": measured["timm_forward_img_s"],
+            "in_process_vs_timm": measured["ours_vs_timm_forward"], "matmul_tflop_s": measured["matmul_tflop_s"],
+            "ceiling_img_s": measured["ceiling_img_s"]}
+
+
 def print_table(result: dict) -> None:
     rows = [("end to end", result["rehearsal_total_s"], ""),
             ("shards", result["shards_stage_s"], ""),
@@ -208,6 +227,9 @@ def print_table(result: dict) -> None:
             ("probes", result["probe_stage_s"], f"{result['probe_jobs']} jobs")]
     rows += [(f"  probe_{family} (job seconds)", seconds, f"{result['test_records'].get(family, 0)} records")
              for family, seconds in result["probe_family_s"].items()]
+    for key in ("workflow_embed_img_s", "in_process_img_s", "timm_forward_img_s", "ceiling_img_s"):
+        if key in result:
+            rows.append((key.replace("_", " "), result[key], ""))
     rows += [("report", result["report_stage_s"], ""),
              ("bootstrap, one 10,000 x 100 record x 1,000", result["bootstrap_record_s"],
               f"per-resample loop: {result['bootstrap_loop_record_s']} s; share of probe time "
@@ -233,6 +255,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--cache", default="results/bench", help="where the synthetic archive is kept")
     parser.add_argument("--timeout", type=float, default=None, help="stop snakemake after this many seconds")
     parser.add_argument("--label", default="")
+    parser.add_argument("--throughput-images", type=int, default=8192,
+                        help="with --device cuda: images for the in-process and timm forward measurements")
     parser.add_argument("--out", default="results/bench/full_study.json")
     args = parser.parse_args(argv)
 
@@ -248,6 +272,8 @@ def main(argv=None) -> dict:
     config_path.write_text(yaml.safe_dump(study_config(archive, args)))
     rc, total = run_snakemake(workdir, config_path, args.cores, args.timeout)
     result = summarise(workdir, args, rc, total)
+    if args.device.startswith("cuda") and not args.model.startswith("synthetic:"):
+        result |= in_process_throughput(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
