@@ -103,13 +103,13 @@ def report_figure(name, category, subcategory=None):
 
 def report_figures():
     figures = {
-        "accuracy_per_block": report_figure("accuracy_per_block", "1. Accuracy", "per block"),
-        "probe_comparison": report_figure("probe_comparison", "1. Accuracy", "per probe family"),
-        "training_curves": report_figure("training_curves", "2. Training"),
-        "confusion_matrix": report_figure("confusion_matrix", "3. Errors and features"),
-        "feature_map": report_figure("feature_map", "3. Errors and features"),
+        "accuracy_per_block": report_figure("accuracy_per_block", "2. Accuracy", "per block"),
+        "probe_comparison": report_figure("probe_comparison", "2. Accuracy", "per probe"),
+        "training_curves": report_figure("training_curves", "3. Training"),
+        "confusion_matrix": report_figure("confusion_matrix", "4. Errors and features"),
+        "feature_map": report_figure("feature_map", "4. Errors and features"),
     }
     if "fewshot" in PROBES:
-        figures["fewshot"] = report_figure("fewshot", "1. Accuracy", "few-shot")
+        figures["fewshot"] = report_figure("fewshot", "2. Accuracy", "few-shot")
     figures |= {f"{name}_svg": f"results/report/plots/{name}.svg" for name in list(figures)}
     return figures
