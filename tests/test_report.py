@@ -11,7 +11,7 @@ import pytest
 
 from mimprobe.cli import main
 from mimprobe.predict import Run, choose_record
-from mimprobe.report import write_report
+from mimprobe.report.write import write_report
 from mimprobe.report.maps import tsne_map
 from mimprobe.report.plots import backbone_colours, depth_panel, pyplot, training_curves_figure
 from mimprobe.report.table import best_by_comparison, best_rows, build_table, per_block_rows, select_best

@@ -72,7 +72,7 @@ def cmd_probe(args):
 
 
 def cmd_report(args):
-    from .report import write_report
+    from .report.write import write_report
     from .report.terminal import headline_message
 
     table = write_report(args.probe_jsons, args.out_dir, args.embeddings)

@@ -1,5 +1,6 @@
 """The report: every probe JSON -> metrics.csv (the tidy table), tables and figures drawn from it.
 
+- `write`: `write_report`, every file of results/report/ (what `mimprobe report` runs);
 - `table`: the tidy table and `select_best`, the one rule for "the best record";
 - `tables`: the report's tables as cells, rendered by `markdown` (metrics.md), `html` (headline.html,
   per_block.html) and `text` (headline.txt, printed at the end of every `snakemake` run by `terminal`);
@@ -10,60 +11,5 @@ appear in every table and figure. A family's headline metric is `top1`, or `acc`
 without it (k-means); families without validation rows are chosen by the deepest block.
 """
 
-from __future__ import annotations
-
-import json
-from pathlib import Path
-
-
-def draw_all(table, payloads: list[dict], probe_jsons: list[Path], embeddings: Path, plots_dir: Path) -> dict:
-    """Every figure into plots_dir; returns the most-confused class pairs per dataset for the tables."""
-    from . import maps, plots
-
-    jsons = {(p["dataset"], p["backbone"], p["probe"]): path for p, path in zip(payloads, probe_jsons)}
-    class_names = {p["dataset"]: p["class_names"] for p in payloads}
-    classes = {dataset: len(names) for dataset, names in class_names.items()}
-    colours = plots.backbone_colours(table.backbone.unique())
-    plots.plot_accuracy_per_block(table, classes, colours, plots_dir / "accuracy_per_block.png")
-    plots.plot_probe_comparison(table, classes, colours, plots_dir / "probe_comparison.png")
-    plots.plot_fewshot(table, classes, colours, plots_dir / "fewshot.png")
-    plots.plot_training_curves(payloads, classes, colours, plots_dir / "training_curves.png")
-    confused = maps.plot_confusion(table, jsons, class_names, plots_dir / "confusion_matrix.png")
-    maps.plot_feature_map(table, embeddings, class_names, plots_dir / "feature_map.png")
-    return confused
-
-
-def write_report(probe_jsons, out_dir, embeddings_dir="results/embeddings"):
-    """metrics.csv, the figures, metrics.md, headline.html, per_block.html and headline.txt in out_dir."""
-    from ..atomic import atomic_path
-    from .html import render_page
-    from .markdown import render_markdown
-    from .table import table_from_payloads, write_csv
-    from .tables import report_tables
-    from .text import render_headline
-
-    out_dir, paths = Path(out_dir), [Path(p) for p in probe_jsons]
-    payloads = [json.loads(path.read_text()) for path in paths]
-    table = table_from_payloads(payloads, embeddings_dir)
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        write_csv(table, tmp)
-    confused = draw_all(table, payloads, paths, Path(embeddings_dir), out_dir / "plots")
-    sections = report_tables(table, confused)
-    skipped = [f"{p['probe']} on {p['backbone']}/{p['dataset']}" for p in payloads if not p["results"]]
-    note = f"Probe jobs without results (no stored array they read), skipped: {', '.join(skipped)}." if skipped else ""
-    pages = {
-        "metrics.md": render_markdown(sections, note),
-        "headline.html": render_page("mimprobe: headline results", note or _INTRO,
-                                     {d: s["headline"] + s["errors"] for d, s in sections.items()}),
-        "per_block.html": render_page("mimprobe: test accuracy per block", _INTRO,
-                                      {d: s["per_block"] for d, s in sections.items()}),
-        "headline.txt": render_headline(sections),
-    }
-    for name, text in pages.items():
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    return table
-
-
-_INTRO = ("Every probe chose its block, pooling and hyper-parameters on a validation split carved from train; "
-          "the test split was scored once. The full table: metrics.csv.")
+# Nothing is imported here: `table` (select_best) is imported by `mimprobe probe` and `predict`,
+# whose code fingerprints must not include the figures.
