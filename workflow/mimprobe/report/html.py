@@ -12,9 +12,9 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; fo
 h1 { font-size: 1.35rem; margin: 0 0 0.3rem; } h2 { font-size: 1.15rem; margin: 1.6rem 0 0.4rem; }
 h3 { font-size: 1rem; margin: 1.2rem 0 0.2rem; } p.note { color: #52606d; margin: 0.1rem 0 0.5rem; }
 table { border-collapse: collapse; margin-bottom: 0.6rem; }
-th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #d9e2ec; text-align: left; white-space: nowrap; }
-th { background: #f0f4f8; font-weight: 600; } tr:nth-child(even) td { background: #fafbfc; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; } td.best { font-weight: 700; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #d9e2ec; text-align: left; vertical-align: top; }
+th { background: #f0f4f8; font-weight: 600; white-space: nowrap; } tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; } td.best { font-weight: 700; }
 """
 
 
