@@ -54,3 +54,24 @@ def page_showing(report_html: Path, result_path: str, out_html: Path) -> Path:
     index = html.rindex("</body>")
     out_html.write_text(html[:index] + script + html[index:])
     return out_html
+
+
+def registered_results(report_html: Path) -> list[str]:
+    """The paths of every result registered in the report (its `results` object's keys)."""
+    html = report_html.read_text()
+    start = html.index("var results = ") + len("var results = ")
+    return list(json.JSONDecoder().raw_decode(html, start)[0])
+
+
+def screenshot_every_result(report_html: Path, out_dir: Path, profile: Path, size=(1400, 1000)) -> list[Path]:
+    """One screenshot per result page a reader can open (the figures and the HTML tables)."""
+    shots = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in registered_results(report_html):
+        if Path(path).suffix not in (".png", ".svg", ".html"):
+            continue
+        name = Path(path).stem
+        page = page_showing(report_html, path, out_dir / f"{name}.page.html")
+        shots.append(screenshot(page, out_dir / f"{name}.png", profile, size))
+        page.unlink()
+    return shots

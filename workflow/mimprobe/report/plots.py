@@ -68,7 +68,7 @@ def backbone_label(row) -> str:
 
 
 def block_summary(rows: pd.DataFrame) -> str:
-    """'effnet_lite0: blocks 3-5 of 6 · pixels: 1 block (raw pixels)', for a figure's subtitle."""
+    """'effnet_lite0: blocks 3, 4, 5 of 6 · pixels: block 0 of 1', for a figure's subtitle."""
     parts = []
     for backbone, group in rows.groupby("backbone", sort=True):
         blocks = sorted(set(group.block[group.combined_blocks == ""]))
