@@ -39,15 +39,23 @@ def screenshot(page: Path, out_png: Path, profile: Path, size: tuple[int, int] =
     return out_png
 
 
+def report_object(html: str, name: str) -> dict:
+    """A JSON object the report defines as `var <name> = {...};` (results, categories)."""
+    start = html.index(f"var {name} = {{") + len(f"var {name} = ")
+    return json.JSONDecoder().raw_decode(html, start)[0]
+
+
 def page_showing(report_html: Path, result_path: str, out_html: Path) -> Path:
     """A copy of the report that opens on `result_path`'s page, as after clicking it in its category."""
     html = report_html.read_text()
+    category = next(name for name, subcategories in report_object(html, "categories").items()
+                    if any(result_path in paths for paths in subcategories.values()))
     script = f"""<script>
     window.addEventListener("load", function () {{
       var path = {json.dumps(result_path)};
       var entry = results[path];
       var kind = entry.mime_type === "text/html" ? "html" : "img";
-      setTimeout(function () {{ app.showCategory(entry.category); }}, 50);
+      setTimeout(function () {{ app.showCategory({json.dumps(category)}); }}, 50);
       setTimeout(function () {{ app.setView({{content: kind, contentPath: entry.data_uri, resultPath: path}}); }}, 200);
     }});
     </script>"""
@@ -58,9 +66,7 @@ def page_showing(report_html: Path, result_path: str, out_html: Path) -> Path:
 
 def registered_results(report_html: Path) -> list[str]:
     """The paths of every result registered in the report (its `results` object's keys)."""
-    html = report_html.read_text()
-    start = html.index("var results = ") + len("var results = ")
-    return list(json.JSONDecoder().raw_decode(html, start)[0])
+    return list(report_object(report_html.read_text(), "results"))
 
 
 def screenshot_every_result(report_html: Path, out_dir: Path, profile: Path, size=(1400, 1000)) -> list[Path]:

@@ -17,7 +17,10 @@ from mimprobe.report.plots import backbone_colours, depth_panel, pyplot, trainin
 from mimprobe.report.table import best_by_comparison, best_rows, build_table, per_block_rows, select_best
 from study_run import finished_study, first_run_output
 
-PLOTS = ["accuracy_per_block", "probe_comparison", "training_curves", "confusion_matrix", "feature_map"]
+# the study's figures: one per probe family, or one per dataset
+PLOTS = ["accuracy_per_block/knn", "accuracy_per_block/linear"] + [
+    f"{figure}/{dataset}" for figure in ("probe_comparison", "training_curves", "confusion_matrix", "feature_map")
+    for dataset in ("digits", "pets")]
 
 
 def _payload(probe, backbone, records, model=None, block_count=None, classes=4):
@@ -223,7 +226,9 @@ def test_the_run_writes_every_plot_and_table(study):
         assert (report / f"plots/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (report / f"plots/{name}.png").stat().st_size > 10_000
         assert "<svg" in (report / f"plots/{name}.svg").read_text()[:1000]
-    assert not (report / "plots/fewshot.png").exists()  # no few-shot probe in this study: skipped cleanly
+    assert not (report / "plots/fewshot.png").exists()  # no few-shot probe in this study: none declared
+    assert sorted(p.relative_to(report / "plots").as_posix() for p in report.glob("plots/**/*.png")) == sorted(
+        f"{name}.png" for name in PLOTS)
     for name in ("headline.html", "per_block.html"):
         assert (report / name).read_text().startswith("<!DOCTYPE html>")
 
@@ -281,5 +286,7 @@ def test_the_summary_names_best_settings_and_most_confused_pairs(study):
     assert len(best) == 2 * 2 * 2  # datasets x backbones x probes
     row = best[(best.dataset == "pets") & (best.backbone == "pixels") & (best.probe == "knn")].iloc[0]
     assert f"| pixels | knn | 0 | 1.00 | flat | {row.setting} |" in summary
+    attrs = json.loads((study / "results/embeddings/tiny_vit/digits.zarr/zarr.json").read_text())["attributes"]
     vit = best[best.backbone == "tiny_vit"]
-    assert set(vit.block_count) == {2} and set(vit.baseline) == {"random init"}  # from the stores' attrs
+    assert set(vit.block_count) == {attrs["block_count"]} and set(vit.baseline) == {"random init"}  # store attrs
+    assert list(vit.depth) == [(block + 1) / attrs["block_count"] for block in vit.block]

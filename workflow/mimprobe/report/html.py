@@ -30,7 +30,8 @@ def table_html(table: Table) -> str:
     for r, row in enumerate(table.rows):
         cells = []
         for c, cell in enumerate(row):
-            classes = " ".join(k for k, on in (("num", _is_number(cell)), ("best", (r, c) in table.bold)) if on)
+            numeric = c >= table.numeric_from and _is_number(cell)
+            classes = " ".join(k for k, on in (("num", numeric), ("best", (r, c) in table.bold)) if on)
             cells.append(f'<td class="{classes}">{escape(cell)}</td>' if classes else f"<td>{escape(cell)}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")

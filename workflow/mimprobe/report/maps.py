@@ -48,36 +48,31 @@ def selected_title(row) -> str:
     return f"{row.backbone} · {row.probe} · block {row.block} {row.pooling} · {row.setting}"
 
 
-def plot_confusion(table: pd.DataFrame, jsons: dict[tuple, Path], class_names: dict, out_png) -> dict:
-    """Row-normalised confusion matrix of each dataset's best probe; returns the most-confused pairs."""
+def plot_confusion(table: pd.DataFrame, dataset: str, jsons: dict[tuple, Path], names: list[str], out_png) -> dict | None:
+    """Row-normalised test confusion matrix of the dataset's best probe; returns its most-confused pairs."""
     from ..metrics import confusion_matrix
 
-    found = {d: _best_predictions(table, jsons, d) for d in sorted(table.dataset.unique())}
-    found = {d: f for d, f in found.items() if f is not None}
-    if not found:
-        placeholder(out_png, "No validated probe saved test predictions.")
-        return {}
-    fig, axes = pyplot().subplots(len(found), 1, figsize=(WIDTH - 1.0, 5.6 * len(found)), squeeze=False,
-                                  layout="constrained")
-    confused = {}
-    for ax, (dataset, (row, labels, probs)) in zip(axes[:, 0], found.items()):
-        names = class_names[dataset]
-        counts = confusion_matrix(labels, probs.argmax(1), len(names))
-        rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-        image = ax.imshow(100 * rates, cmap="Blues", vmin=0, vmax=100)
-        fig.colorbar(image, ax=ax, fraction=0.046, label="% of the true class")
-        if len(names) <= 30:
-            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-            ax.set_yticks(range(len(names)), names, fontsize=7)
-        pairs = most_confused(counts, names)
-        confused[dataset] = {"title": selected_title(row), "pairs": pairs}
-        listing = "\n".join(f"{p['true']} → {p['predicted']}: {p['count']} ({100 * p['share']:.0f}%)" for p in pairs)
-        ax.set(title=f"{dataset}: {selected_title(row)}\ntest top-1 {100 * row.value:.1f}%",
-               xlabel="predicted class", ylabel="true class")
-        ax.text(1.3, 0.5, "Most confused\n(true → predicted)\n\n" + (listing or "none"),
-                transform=ax.transAxes, va="center", fontsize=8)
+    found = _best_predictions(table, jsons, dataset)
+    if found is None:
+        placeholder(out_png, f"{dataset}: no validated probe saved test predictions.")
+        return None
+    row, labels, probs = found
+    counts = confusion_matrix(labels, probs.argmax(1), len(names))
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = pyplot().subplots(figsize=(WIDTH - 1.0, 6.2), layout="constrained")
+    image = ax.imshow(100 * rates, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="% of the true class")
+    if len(names) <= 30:
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+    pairs = most_confused(counts, names)
+    listing = "\n".join(f"{p['true']} → {p['predicted']}: {p['count']} ({100 * p['share']:.0f}%)" for p in pairs)
+    ax.set(title=f"{dataset}: {selected_title(row)}\ntest top-1 {100 * row.value:.1f}%",
+           xlabel="predicted class", ylabel="true class")
+    ax.text(1.3, 0.5, "Most confused\n(true → predicted)\n\n" + (listing or "none"),
+            transform=ax.transAxes, va="center", fontsize=8)
     save(fig, out_png)
-    return confused
+    return {"title": selected_title(row), "pairs": pairs}
 
 
 def tsne_map(features: np.ndarray, seed: int) -> tuple[np.ndarray, float, int]:
@@ -97,44 +92,44 @@ def tsne_map(features: np.ndarray, seed: int) -> tuple[np.ndarray, float, int]:
     return points, float(trustworthiness(features, points, n_neighbors=neighbours)), neighbours
 
 
-def plot_feature_map(table: pd.DataFrame, embeddings: Path, class_names: dict, out_png, seed: int = 0) -> None:
-    """t-SNE of the test features behind each dataset's best probe, coloured by class."""
+def plot_feature_map(table: pd.DataFrame, dataset: str, embeddings: Path, names: list[str], out_png,
+                     seed: int = 0) -> None:
+    """t-SNE of the test features behind the dataset's best probe, coloured by class."""
     from ..store import open_store, read_features
 
-    panels = {}
-    for row in best_overall(table).itertuples():  # a combination of arrays has no single feature space
+    best = best_overall(table)
+    found = None
+    for row in best[best.dataset == dataset].itertuples():  # a combination of arrays has no single feature space
         store = embeddings / row.backbone / f"{row.dataset}.zarr"
-        if row.dataset not in panels and row.combined_blocks == "" and (store / "zarr.json").is_file():
-            panels[row.dataset] = (row, store)
-    panels = list(panels.values())
-    if not panels:
-        placeholder(out_png, f"No feature store under {embeddings} holds the best probes' features.")
+        if row.combined_blocks == "" and (store / "zarr.json").is_file():
+            found = row, store
+            break
+    if found is None:
+        placeholder(out_png, f"{dataset}: no feature store under {embeddings} holds the best probes' features.")
         return
+    row, store = found
+    root = open_store(store)
+    labels = np.asarray(root["test/labels"][:])
+    rows = np.arange(len(labels))
+    if len(rows) > MAX_MAP_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_MAP_POINTS, replace=False))
+    features = read_features(root, "test", row.pooling, row.block, rows)
+    if features.ndim == 3:  # a token grid (attentive probe): map the mean token
+        features = features.mean(1)
+    points, trust, neighbours = tsne_map(features, seed)
     plt = pyplot()
-    fig, axes = plt.subplots(len(panels), 1, figsize=(WIDTH - 1.6, 6.0 * len(panels)), squeeze=False,
-                             layout="constrained")
-    for ax, (row, store) in zip(axes[:, 0], panels):
-        root = open_store(store)
-        labels = np.asarray(root["test/labels"][:])
-        rows = np.arange(len(labels))
-        if len(rows) > MAX_MAP_POINTS:
-            rows = np.sort(np.random.default_rng(seed).choice(rows, MAX_MAP_POINTS, replace=False))
-        features = read_features(root, "test", row.pooling, row.block, rows)
-        if features.ndim == 3:  # a token grid (attentive probe): map the mean token
-            features = features.mean(1)
-        points, trust, neighbours = tsne_map(features, seed)
-        names = class_names[row.dataset]
-        cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "turbo")
-        colour = labels[rows] / max(1, len(names) - 1) if len(names) > 20 else labels[rows] % cmap.N
-        ax.scatter(points[:, 0], points[:, 1], c=cmap(colour), s=7, alpha=0.8, linewidths=0)
-        if len(names) <= 20:
-            for c, name in enumerate(names):
-                ax.scatter([], [], color=cmap(c % cmap.N), label=name, s=20)
-            ax.legend(fontsize=7, ncols=2 if len(names) > 10 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                      title="class", frameon=False)
-        ax.set(title=f"{row.dataset}: {row.backbone} block {row.block} {row.pooling}, {len(rows)} test images\n"
-                     f"t-SNE of PCA-{min(PCA_DIMS, features.shape[1])}; trustworthiness "
-                     f"{trust:.2f} ({neighbours} neighbours; 1.00: map neighbours are true neighbours)")
-        ax.set_xticks([])
-        ax.set_yticks([])
+    fig, ax = plt.subplots(figsize=(WIDTH - 1.6, 6.4), layout="constrained")
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20" if len(names) <= 20 else "turbo")
+    colour = labels[rows] / max(1, len(names) - 1) if len(names) > 20 else labels[rows] % cmap.N
+    ax.scatter(points[:, 0], points[:, 1], c=cmap(colour), s=7, alpha=0.8, linewidths=0)
+    if len(names) <= 20:
+        for c, name in enumerate(names):
+            ax.scatter([], [], color=cmap(c % cmap.N), label=name, s=20)
+        ax.legend(fontsize=7, ncols=2 if len(names) > 10 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  title="class", frameon=False)
+    ax.set(title=f"{dataset}: {row.backbone} block {row.block} {row.pooling}, {len(rows)} test images\n"
+                 f"t-SNE of PCA-{min(PCA_DIMS, features.shape[1])}; trustworthiness "
+                 f"{trust:.2f} ({neighbours} neighbours; 1.00: map neighbours are true neighbours)")
+    ax.set_xticks([])
+    ax.set_yticks([])
     save(fig, out_png)

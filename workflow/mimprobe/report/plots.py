@@ -5,7 +5,9 @@ so a 6-block CNN and a 12-block ViT line up; each figure's subtitle names every 
 Baselines are marked by their kind (raw pixels: a level line; random init: hollow markers);
 records that combine several blocks (the linear grid's cls+mean, cls4, cls4+mean) are starred
 points right of the depth axis, never curves or baselines. Every accuracy axis has a chance line.
-Figures are at most ~10 inches wide so their text stays legible at a browser page's width.
+Figures are at most ~10 inches wide so their text stays legible at a browser page's width, and
+split per probe or per dataset so each stays shorter than a browser window (Snakemake's report
+centres an image vertically: the top of a taller one cannot be scrolled to).
 """
 
 from __future__ import annotations
@@ -132,112 +134,102 @@ def depth_panel(ax, rows: pd.DataFrame, colours: dict, classes: int) -> None:
 def _panel_grid(count: int, height: float = 3.0):
     ncols = 2 if count > 1 else 1
     nrows = -(-count // ncols)
-    fig, axes = pyplot().subplots(nrows, ncols, figsize=(WIDTH if ncols == 2 else WIDTH / 2 + 1, height * nrows + 1.2),
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(WIDTH if ncols == 2 else WIDTH * 0.6, height * nrows + 1.4),
                                   squeeze=False, layout="constrained")
     for ax in axes.flat[count:]:
         ax.axis("off")
     return fig, axes
 
 
-def plot_accuracy_per_block(table: pd.DataFrame, classes: dict, colours: dict, out_png) -> None:
-    """Test accuracy per relative depth, a panel per dataset x comparison (few-shot: its own figure)."""
+def plot_accuracy_per_block(table: pd.DataFrame, probe: str, classes: dict, colours: dict, out_png) -> None:
+    """One probe family's test accuracy per relative depth, a panel per dataset x comparison (few-shot:
+    a panel per shot count)."""
     rows = per_block_rows(table)
-    rows = rows[rows.probe != FEWSHOT]
+    rows = rows[rows.probe == probe]
     panels = [(d, c) for d in sorted(rows.dataset.unique())
               for c in comparison_order(rows[rows.dataset == d].comparison)]
     if not panels:
-        placeholder(out_png, "No probe results to draw.")
+        placeholder(out_png, f"{probe}: no results (no stored array this probe reads).")
         return
     fig, axes = _panel_grid(len(panels))
     for ax, (dataset, label) in zip(axes.flat, panels):
         panel = rows[(rows.dataset == dataset) & (rows.comparison == label)]
         depth_panel(ax, panel, colours, classes[dataset])
-        prefix = f"{dataset} · " if len(set(d for d, _ in panels)) > 1 else ""
-        ax.set(title=prefix + label, ylabel=f"test {panel.metric.iloc[0]} (%)")
+        ax.set(title=f"{dataset} · {label}", ylabel=f"test {panel.metric.iloc[0]} (%)")
     figure_legend(fig, axes)
-    fig.suptitle("Test accuracy per block (setting chosen on validation at each block; bars: 95% CI)\n"
+    fig.suptitle(f"{probe}: test accuracy per block (setting chosen on validation at each block; bars: 95% CI)\n"
                  + block_summary(rows), fontsize=9)
     save(fig, out_png)
 
 
-def plot_probe_comparison(table: pd.DataFrame, classes: dict, colours: dict, out_png) -> None:
-    """The selected record of each comparison per backbone: horizontal bars with 95% CI, values printed."""
+def plot_probe_comparison(table: pd.DataFrame, dataset: str, classes: int, colours: dict, out_png) -> None:
+    """One dataset: the selected record of each comparison per backbone, horizontal bars with 95% CI
+    and the value printed."""
     best = best_rows(table)
-    datasets = sorted(best.dataset.unique())
-    if not datasets:
-        placeholder(out_png, "No probe results to draw.")
+    best = best[best.dataset == dataset]
+    if best.empty:
+        placeholder(out_png, f"{dataset}: no probe results.")
         return
-    backbones = sorted(best.backbone.unique())
-    heights = [len(comparison_order(best[best.dataset == d].comparison)) * (0.25 * len(backbones) + 0.15) + 1.0
-               for d in datasets]
-    fig, axes = pyplot().subplots(len(datasets), 1, figsize=(WIDTH - 1.6, sum(heights) + 0.8), squeeze=False,
-                                  layout="constrained", gridspec_kw={"height_ratios": heights})
-    width = 0.8 / len(backbones)
-    for ax, dataset in zip(axes[:, 0], datasets):
-        panel = best[best.dataset == dataset]
-        labels = comparison_order(panel.comparison)
-        for k, backbone in enumerate(backbones):
-            rows = panel[panel.backbone == backbone].set_index("comparison").reindex(labels)
-            y = np.arange(len(labels)) - (k - (len(backbones) - 1) / 2) * width
-            name = backbone_label(rows.dropna(subset=["value"]).iloc[0]) if rows.value.notna().any() else backbone
-            ax.barh(y, 100 * rows.value, width, xerr=ci_error(rows), capsize=2, color=colours[backbone], label=name,
-                    error_kw={"elinewidth": 0.8})
-            for yi, value, high in zip(y, rows.value, rows.ci_high.fillna(rows.value)):
-                if not pd.isna(value):
-                    ax.text(100 * high + 1, yi, f"{100 * value:.1f}", va="center", fontsize=7)
-        metrics = panel.groupby("comparison").metric.first().reindex(labels)
-        ax.set_yticks(np.arange(len(labels)), [f"{c} ({m})" for c, m in zip(labels, metrics)])
-        ax.invert_yaxis()
-        chance_line(ax, classes[dataset], vertical=True)
-        ax.set(title=f"{dataset}: best block, pooling and setting per probe (chosen on validation)",
-               xlabel="test (%), bars: 95% CI", xlim=(0, 108))
-        ax.grid(alpha=0.3, axis="x")
-    figure_legend(fig, axes, ncols=min(4, len(backbones) + 1))
+    backbones, labels = sorted(best.backbone.unique()), comparison_order(best.comparison)
+    bar = 0.17  # inches per bar: room for a 7-point value label
+    fig, ax = pyplot().subplots(figsize=(WIDTH - 1.6, len(labels) * (bar * len(backbones) + 0.12) + 1.3),
+                                layout="constrained")
+    width = 0.84 / len(backbones)
+    for k, backbone in enumerate(backbones):
+        rows = best[best.backbone == backbone].set_index("comparison").reindex(labels)
+        y = np.arange(len(labels)) + (k - (len(backbones) - 1) / 2) * width
+        ax.barh(y, 100 * rows.value, width, xerr=ci_error(rows), capsize=2, color=colours[backbone],
+                label=backbone_label(rows.dropna(subset=["value"]).iloc[0]), error_kw={"elinewidth": 0.8})
+        for yi, value, high in zip(y, rows.value, rows.ci_high.fillna(rows.value)):
+            if not pd.isna(value):
+                ax.text(100 * high + 1, yi, f"{100 * value:.1f}", va="center", fontsize=7)
+    metrics = best.groupby("comparison").metric.first().reindex(labels)
+    ax.set_yticks(np.arange(len(labels)), [c if m == "top1" else f"{c} ({m})" for c, m in zip(labels, metrics)])
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first comparison on top
+    chance_line(ax, classes, vertical=True)
+    ax.set(title=f"{dataset}: the block, pooling and setting each probe chose on validation",
+           xlabel="test (%); bars: 95% CI", xlim=(0, 108))
+    ax.grid(alpha=0.3, axis="x")
+    figure_legend(fig, [ax], ncols=min(4, len(backbones) + 1))
     save(fig, out_png)
 
 
-def plot_fewshot(table: pd.DataFrame, classes: dict, colours: dict, out_png) -> bool:
-    """Few-shot test top-1 against shots (each point chosen on validation at its shot count), then a
-    per-depth panel per shot count; False (and no file) without few-shot rows."""
+def plot_fewshot(table: pd.DataFrame, classes: dict, colours: dict, out_png) -> None:
+    """Few-shot test top-1 against shots, each point's block and pooling chosen on validation at its
+    shot count; a panel per dataset."""
     best = best_rows(table)
     best = best[(best.probe == FEWSHOT) & best.setting.str.startswith("shots=")]
     if best.empty:
-        return False
+        placeholder(out_png, "fewshot: no results.")
+        return
     best = best.assign(shots=best.setting.str.removeprefix("shots=").astype(int))
-    per_block = per_block_rows(table)
-    per_block = per_block[per_block.probe == FEWSHOT]
     datasets = sorted(best.dataset.unique())
-    panels = [(d, None) for d in datasets] + [(d, c) for d in datasets
-                                               for c in comparison_order(per_block[per_block.dataset == d].comparison)]
-    fig, axes = _panel_grid(len(panels))
-    for ax, (dataset, label) in zip(axes.flat, panels):
-        if label is not None:
-            panel = per_block[(per_block.dataset == dataset) & (per_block.comparison == label)]
-            depth_panel(ax, panel, colours, classes[dataset])
-            ax.set(title=f"{dataset} · {label}: per block", ylabel="test top-1 (%)")
-            continue
+    fig, axes = _panel_grid(len(datasets), height=3.4)
+    for ax, dataset in zip(axes.flat, datasets):
         rows = best[best.dataset == dataset]
         for backbone, group in rows.groupby("backbone", sort=True):
             group = group.sort_values("shots")
             ax.errorbar(group.shots, 100 * group.value, yerr=ci_error(group), marker="o", capsize=2,
                         color=colours[backbone], label=backbone_label(group.iloc[0]))
+            for row in group.itertuples():
+                ax.annotate(f"b{row.block} {row.pooling}", (row.shots, 100 * row.value), textcoords="offset points",
+                            xytext=(4, -9), fontsize=6, color=colours[backbone])
         ax.set_xscale("log", base=2)
         shots = sorted(rows.shots.unique())
         ax.set_xticks(shots, [str(s) for s in shots])
         chance_line(ax, classes[dataset])
-        ax.set(title=f"{dataset}: few-shot, block and pooling chosen per shot count",
-               xlabel="labelled images per class", ylabel="test top-1 (%)")
+        ax.set(title=dataset, xlabel="labelled images per class", ylabel="test top-1 (%)")
         ax.grid(alpha=0.3)
     figure_legend(fig, axes)
-    fig.suptitle("Few-shot (mean over seeded draws; bars: 95% CI)\n" + block_summary(per_block), fontsize=9)
+    fig.suptitle("Few-shot at equal shots: block and pooling chosen on validation at each shot count "
+                 "(mean over seeded draws; bars: 95% CI)", fontsize=9)
     save(fig, out_png)
-    return True
 
 
 def plot_training_curves(payloads: list[dict], classes: dict, colours: dict, out_png) -> None:
     fig = training_curves_figure(payloads, classes, colours)
     if fig is None:
-        placeholder(out_png, "No probe in this run recorded per-epoch history (linear and mlp do).")
+        placeholder(out_png, "No selected head recorded per-epoch history (linear, mlp and attentive do).")
     else:
         save(fig, out_png)
 
@@ -253,7 +245,7 @@ def training_curves_figure(payloads: list[dict], classes: dict, colours: dict):
     if not curves:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(len(curves), 2, figsize=(WIDTH, 2.9 * len(curves) + 0.6), squeeze=False,
+    fig, axes = plt.subplots(len(curves), 2, figsize=(WIDTH, 2.6 * len(curves) + 0.6), squeeze=False,
                              layout="constrained")
     for (loss_ax, acc_ax), ((dataset, label), runs) in zip(axes, sorted(curves.items())):
         for backbone, record in sorted(runs, key=lambda r: r[0]):

@@ -17,6 +17,7 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of the best value in a row or column
+    numeric_from: int = 1  # columns from here on hold numbers (right-aligned in HTML)
 
 
 def pct(value) -> str:
@@ -100,7 +101,7 @@ def per_block(rows: pd.DataFrame, dataset: str) -> list[Table]:
         count = int(group.block_count.iloc[0])
         out = Table(f"{dataset} · {backbone_header(group, backbone)}: test % per block ({count} block{'s' if count > 1 else ''})",
                     "Setting chosen on validation at each block; columns in depth order, (block + 1) / blocks.",
-                    ["probe", "pooling"] + [f"b{b} ({depth[b]:.2f})" for b in blocks], [])
+                    ["probe", "pooling"] + [f"b{b} ({depth[b]:.2f})" for b in blocks], [], numeric_from=2)
         order = {label: i for i, label in enumerate(comparison_order(group.comparison))}
         keys = sorted({(r.comparison, r.pooling, r.combined_blocks) for r in group.itertuples()},
                       key=lambda k: (order[k[0]], k[2] != "", POOLING_ORDER.get(k[1], len(POOLING_ORDER)), k[1]))
@@ -141,7 +142,7 @@ def per_shot(best: pd.DataFrame, dataset: str) -> list[Table]:
 def confused_pairs(info: dict, dataset: str) -> Table:
     return Table(f"{dataset}: most-confused class pairs ({info['title']})", "",
                  ["true class", "predicted as", "test images", "share of the true class"],
-                 [[p["true"], p["predicted"], str(p["count"]), pct(p["share"])] for p in info["pairs"]])
+                 [[p["true"], p["predicted"], str(p["count"]), pct(p["share"])] for p in info["pairs"]], numeric_from=2)
 
 
 def report_tables(table: pd.DataFrame, confused: dict | None = None) -> dict[str, dict[str, list[Table]]]:

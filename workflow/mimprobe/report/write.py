@@ -13,8 +13,17 @@ from .table import table_from_payloads, write_csv
 from .tables import report_tables
 from .text import render_headline
 
+PER_DATASET = ("probe_comparison", "training_curves", "confusion_matrix", "feature_map")
 INTRO = ("Every probe chose its block, pooling and hyper-parameters on a validation split carved from train; "
          "the test split was scored once. The full table: metrics.csv.")
+
+
+def figure_paths(plots_dir: Path, probes, datasets, fewshot: bool) -> dict[str, Path]:
+    """Every figure file (PNG; an SVG beside each), as the report rule declares them."""
+    paths = {f"accuracy_per_block/{p}": plots_dir / "accuracy_per_block" / f"{p}.png" for p in probes}
+    for figure in PER_DATASET:
+        paths |= {f"{figure}/{d}": plots_dir / figure / f"{d}.png" for d in datasets}
+    return paths | ({"fewshot": plots_dir / "fewshot.png"} if fewshot else {})
 
 
 def draw_all(table, payloads: list[dict], probe_jsons: list[Path], embeddings: Path, plots_dir: Path) -> dict:
@@ -22,13 +31,22 @@ def draw_all(table, payloads: list[dict], probe_jsons: list[Path], embeddings: P
     jsons = {(p["dataset"], p["backbone"], p["probe"]): path for p, path in zip(payloads, probe_jsons)}
     class_names = {p["dataset"]: p["class_names"] for p in payloads}
     classes = {dataset: len(names) for dataset, names in class_names.items()}
-    colours = plots.backbone_colours(table.backbone.unique())
-    plots.plot_accuracy_per_block(table, classes, colours, plots_dir / "accuracy_per_block.png")
-    plots.plot_probe_comparison(table, classes, colours, plots_dir / "probe_comparison.png")
-    plots.plot_fewshot(table, classes, colours, plots_dir / "fewshot.png")
-    plots.plot_training_curves(payloads, classes, colours, plots_dir / "training_curves.png")
-    confused = maps.plot_confusion(table, jsons, class_names, plots_dir / "confusion_matrix.png")
-    maps.plot_feature_map(table, embeddings, class_names, plots_dir / "feature_map.png")
+    colours = plots.backbone_colours({p["backbone"] for p in payloads})
+    probes = sorted({p["probe"] for p in payloads})
+    paths = figure_paths(plots_dir, probes, sorted(class_names), plots.FEWSHOT in probes)
+    for probe in probes:
+        plots.plot_accuracy_per_block(table, probe, classes, colours, paths[f"accuracy_per_block/{probe}"])
+    if plots.FEWSHOT in probes:
+        plots.plot_fewshot(table, classes, colours, paths["fewshot"])
+    confused = {}
+    for dataset, names in sorted(class_names.items()):
+        plots.plot_probe_comparison(table, dataset, classes[dataset], colours, paths[f"probe_comparison/{dataset}"])
+        plots.plot_training_curves([p for p in payloads if p["dataset"] == dataset], classes, colours,
+                                   paths[f"training_curves/{dataset}"])
+        pairs = maps.plot_confusion(table, dataset, jsons, names, paths[f"confusion_matrix/{dataset}"])
+        if pairs:
+            confused[dataset] = pairs
+        maps.plot_feature_map(table, dataset, embeddings, names, paths[f"feature_map/{dataset}"])
     return confused
 
 
