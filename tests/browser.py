@@ -76,7 +76,7 @@ def screenshot_every_result(report_html: Path, out_dir: Path, profile: Path, siz
     for path in registered_results(report_html):
         if Path(path).suffix not in (".png", ".svg", ".html"):
             continue
-        name = Path(path).stem
+        name = Path(path).with_suffix("").as_posix().replace("/", "_")
         page = page_showing(report_html, path, out_dir / f"{name}.page.html")
         shots.append(screenshot(page, out_dir / f"{name}.png", profile, size))
         page.unlink()
