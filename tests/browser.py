@@ -55,8 +55,8 @@ def page_showing(report_html: Path, result_path: str, out_html: Path) -> Path:
       var path = {json.dumps(result_path)};
       var entry = results[path];
       var kind = entry.mime_type === "text/html" ? "html" : "img";
-      setTimeout(function () {{ app.showCategory({json.dumps(category)}); }}, 50);
-      setTimeout(function () {{ app.setView({{content: kind, contentPath: entry.data_uri, resultPath: path}}); }}, 200);
+      setTimeout(function () {{ app.showCategory({json.dumps(category)}); }}, 100);
+      setTimeout(function () {{ app.setView({{content: kind, contentPath: entry.data_uri, resultPath: path}}); }}, 600);
     }});
     </script>"""
     index = html.rindex("</body>")

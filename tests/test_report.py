@@ -124,8 +124,8 @@ def test_the_headline_compares_few_shot_once_per_shot_count_and_marks_baselines(
     assert "| fewshot 5-shot | **50.0 (45.0–55.0)** |  | 25.0 (20.0–30.0) |" in summary
     assert "| kmeans (acc) | 90.0 (85.0–95.0) |  |  |" in summary
     # the vit's linear probe chose the last block's cls+mean on validation (0.61)
-    assert "| vit | linear | 11 (combines block 11) | 1.00 | cls+mean | blocks=1,lr=0.1 | 61.0 | top1 56.0 |" in summary
-    assert "| cnn | kmeans | 5 | 1.00 | cls | k=4 (deepest block; no validation) |  | acc 90.0 |" in summary
+    assert "| vit | linear | 11 (1.00) | cls+mean (block 11) | blocks=1,lr=0.1 | 61.0 | 56.0 (51.0–61.0) |" in summary
+    assert "| cnn | kmeans (acc) | 5 (1.00) | cls | k=4 | none | 90.0 (85.0–95.0) | nmi 30.0 |" in summary
     assert "| backbone | 1-shot | 2-shot | 5-shot |" in summary
     assert "skipped: attentive on cnn/toy" in summary
 
@@ -285,7 +285,7 @@ def test_the_summary_names_best_settings_and_most_confused_pairs(study):
     best = best_rows(build_table(sorted((study / "results/probes").glob("*/*/*.json")), study / "results/embeddings"))
     assert len(best) == 2 * 2 * 2  # datasets x backbones x probes
     row = best[(best.dataset == "pets") & (best.backbone == "pixels") & (best.probe == "knn")].iloc[0]
-    assert f"| pixels | knn | 0 | 1.00 | flat | {row.setting} |" in summary
+    assert f"| pixels | knn | 0 (1.00) | flat | {row.setting} |" in summary
     attrs = json.loads((study / "results/embeddings/tiny_vit/digits.zarr/zarr.json").read_text())["attributes"]
     vit = best[best.backbone == "tiny_vit"]
     assert set(vit.block_count) == {attrs["block_count"]} and set(vit.baseline) == {"random init"}  # store attrs

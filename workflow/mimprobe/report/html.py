@@ -12,9 +12,11 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; fo
 h1 { font-size: 1.35rem; margin: 0 0 0.3rem; } h2 { font-size: 1.15rem; margin: 1.6rem 0 0.4rem; }
 h3 { font-size: 1rem; margin: 1.2rem 0 0.2rem; } p.note { color: #52606d; margin: 0.1rem 0 0.5rem; }
 table { border-collapse: collapse; margin-bottom: 0.6rem; }
-th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #d9e2ec; text-align: left; vertical-align: top; }
-th { background: #f0f4f8; font-weight: 600; white-space: nowrap; } tr:nth-child(even) td { background: #fafbfc; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; } td.best { font-weight: 700; }
+th, td { padding: 0.25rem 0.6rem; border-bottom: 1px solid #d9e2ec; text-align: left; vertical-align: top;
+         white-space: nowrap; }
+td.wrap { white-space: normal; min-width: 6rem; }
+th { background: #f0f4f8; font-weight: 600; } tr:nth-child(even) td { background: #fafbfc; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; } td.best { font-weight: 700; }
 """
 
 
@@ -31,8 +33,10 @@ def table_html(table: Table) -> str:
         cells = []
         for c, cell in enumerate(row):
             numeric = c >= table.numeric_from and _is_number(cell)
-            classes = " ".join(k for k, on in (("num", numeric), ("best", (r, c) in table.bold)) if on)
-            cells.append(f'<td class="{classes}">{escape(cell)}</td>' if classes else f"<td>{escape(cell)}</td>")
+            classes = " ".join(k for k, on in (("num", numeric), ("best", (r, c) in table.bold),
+                                               ("wrap", c in table.wrap)) if on)
+            text = escape(cell).replace(",", ",<wbr>") if c in table.wrap else escape(cell)  # settings break at commas
+            cells.append(f'<td class="{classes}">{text}</td>' if classes else f"<td>{text}</td>")
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     return "\n".join(parts)

@@ -18,6 +18,7 @@ class Table:
     rows: list[list[str]]
     bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of the best value in a row or column
     numeric_from: int = 1  # columns from here on hold numbers (right-aligned in HTML)
+    wrap: tuple[int, ...] = ()  # columns whose text may wrap in HTML
 
 
 def pct(value) -> str:
@@ -67,26 +68,28 @@ def at_a_glance(best: pd.DataFrame, dataset: str) -> Table:
     return table
 
 
-def _block_cell(row) -> str:
+def _pooling_cell(row) -> str:
+    """The pooling, and for a record that combines arrays the blocks it reads."""
     if not row.combined_blocks:
-        return str(row.block)
-    return f"{row.block} (combines block{'s' if '-' in row.combined_blocks else ''} {row.combined_blocks})"
+        return row.pooling
+    return f"{row.pooling} (block{'s' if '-' in row.combined_blocks else ''} {row.combined_blocks})"
 
 
 def chosen_settings(table: pd.DataFrame, best: pd.DataFrame, dataset: str) -> Table:
     rows = best[best.dataset == dataset]
     out = Table(f"{dataset}: chosen block, pooling and setting",
-                "Depth is (block + 1) / blocks of that backbone; test is the headline metric (top1, or acc "
-                "for probes without it) with its 95% bootstrap CI.",
-                ["backbone", "probe", "block", "depth", "pooling", "setting", "val top-1", "test", "95% CI",
-                 "other test metrics"], [])
+                "Block with its relative depth, (block + 1) / blocks of that backbone; test is the headline "
+                "metric (top1, or acc for probes without it) with its 95% bootstrap CI; val top-1 'none': the "
+                "family has no validation split and takes the deepest block.",
+                ["backbone", "probe", "block (depth)", "pooling", "setting", "val top-1", "test (95% CI)",
+                 "other test metrics"], [], numeric_from=2, wrap=(3, 4, 7))
     for label in comparison_order(rows.comparison):
         for row in rows[rows.comparison == label].sort_values("value", ascending=False, kind="stable").itertuples():
-            chosen = "" if not pd.isna(row.val_score) else " (deepest block; no validation)"
             extras = extra_metrics(table, row)
-            out.rows.append([row.backbone, row.comparison, _block_cell(row), f"{row.depth:.2f}", row.pooling,
-                             f"{row.setting}{chosen}", pct(row.val_score), f"{row.metric} {pct(row.value)}",
-                             ci(row), ", ".join(f"{m} {pct(extras[m])}" for m in EXTRA_METRICS if m in extras)])
+            out.rows.append([row.backbone, comparison_label(rows, label), f"{row.block} ({row.depth:.2f})",
+                             _pooling_cell(row),
+                             row.setting, pct(row.val_score) or "none", value_with_ci(row),
+                             ", ".join(f"{m} {pct(extras[m])}" for m in EXTRA_METRICS if m in extras)])
     return out
 
 
