@@ -96,7 +96,7 @@ def depth_panel(ax, rows: pd.DataFrame, colours: dict, classes: int) -> None:
     for (backbone, pooling), group in single.groupby(["backbone", "pooling"], sort=True):
         group = group.sort_values("depth")
         first = group.iloc[0]
-        style = dict(color=colours[backbone], linestyle=LINESTYLES.get(pooling, "-"))
+        style = {"color": colours[backbone], "linestyle": LINESTYLES.get(pooling, "-")}
         if first.baseline and group.block.nunique() == 1:  # raw pixels: no depth, a level
             ax.axhline(100 * first.value, label=f"{backbone} {pooling} ({first.baseline})", alpha=0.9, **style)
             continue

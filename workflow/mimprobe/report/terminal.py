@@ -7,8 +7,8 @@ finished run never fails for want of a table to print.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 NOTHING_TO_DO = "Nothing to be done"  # Snakemake's message when every output is up to date
 
@@ -23,8 +23,8 @@ def headline_message(report_dir: str | Path = "results/report") -> str:
     return "\n".join([
         f"mimprobe headline ({headline}):", "", table, "",
         f"Tables: {report_dir}/headline.html, per_block.html, metrics.md, metrics.csv; figures: {report_dir}/plots/",
-        f"All in one page: snakemake --configfile <your config> --report {report_dir}/report.html "
-        "(make report-html for the demo)",
+        (f"All in one page: snakemake --configfile <your config> --report {report_dir}/report.html "
+         "(make report-html for the demo)"),
     ])
 
 
