@@ -20,3 +20,15 @@ rule all:
     default_target: True
     input:
         final_outputs(),
+
+
+# The headline table in the terminal after every run; Snakemake skips onsuccess when nothing
+# needs to run, so that message prints it too.
+from mimprobe.report.terminal import print_headline, print_headline_when_nothing_to_do
+
+if workflow.is_main_process:
+    print_headline_when_nothing_to_do(logger, dry_run=lambda: workflow.dryrun)
+
+
+onsuccess:
+    print_headline()

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import run_snakemake, tiny_config
 
 IMAGE_FOLDER_CLASSES = {"cat": (200, 40, 40), "dog": (40, 200, 40), "frog": (40, 40, 200)}
-_finished: dict[str, Path] = {}
+_finished: dict = {}
 
 
 def write_image_folder(root: Path, train: int = 10, test: int = 4, seed: int = 0) -> Path:
@@ -68,7 +68,13 @@ def finished_study(tmp_path_factory) -> Path:
     if "workdir" not in _finished:
         workdir = tmp_path_factory.mktemp("study")
         config = study_config(write_image_folder(workdir / "pets"))
-        run_snakemake(workdir, config)
+        _finished["first_run"] = run_snakemake(workdir, config)
         run_snakemake(workdir, config, "--report", "results/report/report.html")
         _finished["workdir"] = workdir
     return _finished["workdir"]
+
+
+def first_run_output() -> str:
+    """What the study's first `snakemake` run printed (stdout and stderr)."""
+    result = _finished["first_run"]
+    return result.stdout + result.stderr

@@ -73,24 +73,36 @@ def cmd_check_store(args):
 def cmd_probe(args):
     from .probes import family_module
     from .probes.common import run_family
+    from .report.table import best_by_comparison
 
     module = family_module(args.family)
     context = {"backbone": args.backbone, "dataset": args.dataset}
     verified = json.loads(open(args.verified).read()) if args.verified else None
     payload = run_family(args.family, module, args.store, args.meta, args.out, args.params, args.seed,
                          args.bootstrap, context, verified)
-    best = max(payload["results"], key=lambda r: max(r["validation"].values(), default=0.0))
-    metric, stat = next(iter(best["test"].items()))  # top1, or acc for k-means
-    print(f"{args.family} on {args.backbone}/{args.dataset}: {len(payload['results'])} results; "
-          f"best on validation: block {best['block']} {best['pooling']} {best['setting']} "
-          f"-> test {metric} {100 * stat['value']:.1f}%")
+    where = f"{args.family} on {args.backbone}/{args.dataset}"
+    if not payload["results"]:
+        reads = getattr(module, "POOLINGS", None)
+        print(f"{where}: no results: no stored array has a pooling this family reads"
+              + (f" ({', '.join(reads)})" if reads else "") + "; the report skips it")
+        return
+    lines = []
+    for label, best in best_by_comparison(args.family, payload["results"]).items():
+        metric, stat = next(iter(best["test"].items()))  # top1, or acc for k-means
+        lines.append(f"{label}: block {best['block']} {best['pooling']} {best['setting']} "
+                     f"-> test {metric} {100 * stat['value']:.1f}%")
+    summary = lines[0].partition(": ")[2] if len(lines) == 1 else "\n  " + "\n  ".join(lines)
+    print(f"{where}: {len(payload['results'])} results; best on validation: {summary}")
 
 
 def cmd_report(args):
-    from .report import write_report
+    from .report.write import write_report
+    from .report.terminal import headline_message
 
     table = write_report(args.probe_jsons, args.out_dir, args.embeddings)
-    print(f"wrote {args.out_dir}/metrics.csv ({len(table)} rows), metrics.md and plots/")
+    print(f"wrote {args.out_dir}/metrics.csv ({len(table)} rows), metrics.md, headline.html, per_block.html, "
+          "headline.txt and plots/")
+    print(headline_message(args.out_dir))
 
 
 def cmd_predict(args):
@@ -172,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--embeddings", default="results/embeddings", help="feature stores, for the PCA map")
+    p.add_argument("--embeddings", default="results/embeddings",
+                   help="feature stores: block counts, model kinds and the t-SNE map")
     p.add_argument("probe_jsons", nargs="+")
     p.set_defaults(run=cmd_report)
 

@@ -16,6 +16,7 @@ import torch
 
 from .errors import DataError, MimprobeError
 from .imagefolder import open_image, to_square_uint8
+from .report.table import best_by_comparison
 
 TOP_K = 5
 
@@ -76,7 +77,11 @@ def find_run(results: str | Path, backbone: str, probe: str, dataset: str | None
 
 
 def choose_record(run: Run, block: int | None, pooling: str | None) -> dict:
-    """The requested block/pooling, or the one with the best validation score (as the report does)."""
+    """The record the report selects among those at the requested block/pooling (`select_best`);
+    for a family compared per shot count, the one at the most shots."""
+    if not run.payload["results"]:
+        raise DataError(f"{run.probe_json}: the {run.probe} probe has no results (no stored array it reads). "
+                        "Pass --probe with another family.")
     records = [r for r in run.payload["results"]
                if (block is None or r["block"] == block) and (pooling is None or r["pooling"] == pooling)]
     if not records:
@@ -84,7 +89,7 @@ def choose_record(run: Run, block: int | None, pooling: str | None) -> dict:
         wanted = " ".join(f"--{k} {v}" for k, v in (("block", block), ("pooling", pooling)) if v is not None)
         raise DataError(f"{run.probe_json}: no result for {wanted}. "
                         f"Available: {available}.")
-    return max(records, key=lambda r: max(r["validation"].values(), default=float("-inf")))
+    return list(best_by_comparison(run.probe, records).values())[-1]
 
 
 def embed_images(run: Run, images: np.ndarray, arrays: list[tuple[int, str]], config_path: str | None) -> np.ndarray:

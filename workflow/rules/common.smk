@@ -62,7 +62,7 @@ CODE = {
     "prepare_shards": code_fingerprint("shards"),
     "embed": code_fingerprint("extract", "shards"),  # shard content comes from the shards module
     "check_store": code_fingerprint("store"),
-    "report": code_fingerprint("report"),
+    "report": code_fingerprint("report.write"),
 } | {family: code_fingerprint("probes.common", f"probes.{family}") for family in PROBES}
 
 
@@ -184,26 +184,32 @@ def final_outputs():
     return shards + metas + flags + checked + [str(p) for p in probes] + list(rules.report.output)
 
 
-def report_figure(name, category, subcategory=None):
-    """A figure registered for `snakemake --report`, its caption in workflow/report/{name}.rst."""
+def report_figure(name, category, subcategory=None, **labels):
+    """results/report/plots/{name}.png registered for `snakemake --report`, captioned by
+    workflow/report/{figure}.rst (the name's first part)."""
+    figure = name.split("/")[0]
     return report(
         f"{layout.REPORT_DIR}/plots/{name}.png",
-        caption=f"../report/{name}.rst",
+        caption=f"../report/{figure}.rst",
         category=category,
         subcategory=subcategory,
-        labels={"figure": name.replace("_", " ")},
+        labels={"figure": figure.replace("_", " ")} | labels,
     )
 
 
 def report_figures():
+    """Every figure of the report: one per probe family or per dataset, each short enough
+    for a browser window."""
     figures = {
-        "accuracy_per_block": report_figure("accuracy_per_block", "1. Accuracy", "per block"),
-        "probe_comparison": report_figure("probe_comparison", "1. Accuracy", "per probe family"),
-        "training_curves": report_figure("training_curves", "2. Training"),
-        "confusion_matrix": report_figure("confusion_matrix", "3. Errors and features"),
-        "feature_map": report_figure("feature_map", "3. Errors and features"),
+        f"accuracy_per_block/{p}": report_figure(f"accuracy_per_block/{p}", "2. Accuracy", "per block", probe=p)
+        for p in PROBES
     }
     if "fewshot" in PROBES:
-        figures["fewshot"] = report_figure("fewshot", "1. Accuracy", "few-shot")
-    figures |= {f"{name}_svg": f"{layout.REPORT_DIR}/plots/{name}.svg" for name in list(figures)}
-    return figures
+        figures["fewshot"] = report_figure("fewshot", "2. Accuracy", "few-shot")
+    for d in DATASETS:
+        figures[f"probe_comparison/{d}"] = report_figure(f"probe_comparison/{d}", "2. Accuracy", "per probe", dataset=d)
+        figures[f"training_curves/{d}"] = report_figure(f"training_curves/{d}", "3. Training", dataset=d)
+        for name, title in (("confusion_matrix", "confusion matrix"), ("feature_map", "feature map")):
+            figures[f"{name}/{d}"] = report_figure(f"{name}/{d}", "4. Errors and features", title, dataset=d)
+    figures |= {f"{name}.svg": f"{layout.REPORT_DIR}/plots/{name}.svg" for name in list(figures)}
+    return {"".join(c if c.isalnum() else "_" for c in name): path for name, path in figures.items()}

@@ -7,8 +7,15 @@ rule report:
         stores=expand(layout.checked_path("{backbone}", "{dataset}"), backbone=BACKBONES, dataset=DATASETS),
     output:
         **report_figures(),
-        table=report(f"{layout.REPORT_DIR}/metrics.csv", caption="../report/metrics_csv.rst", category="4. Tables"),
-        summary=report(f"{layout.REPORT_DIR}/metrics.md", caption="../report/metrics_md.rst", category="4. Tables"),
+        headline_html=report(
+            f"{layout.REPORT_DIR}/headline.html", caption="../report/headline_html.rst", category="1. Tables"
+        ),
+        per_block_html=report(
+            f"{layout.REPORT_DIR}/per_block.html", caption="../report/per_block_html.rst", category="1. Tables"
+        ),
+        table=report(f"{layout.REPORT_DIR}/metrics.csv", caption="../report/metrics_csv.rst", category="1. Tables"),
+        summary=report(f"{layout.REPORT_DIR}/metrics.md", caption="../report/metrics_md.rst", category="1. Tables"),
+        headline=f"{layout.REPORT_DIR}/headline.txt",
     log:
         "logs/report/report.log",
     conda:
