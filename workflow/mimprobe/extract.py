@@ -176,8 +176,9 @@ def embed_shards(store_path, shard_paths, flag_path, backbone_cfg: dict, feature
 def _refuse_non_finite(shard_path, backbone_cfg: dict, dtype, non_finite) -> None:
     block, pooling = sorted(non_finite)[0]
     weights = backbone_cfg.get("weights") or "its default weights"
+    fix = "Check the weights file" + ("." if dtype == torch.float32 else
+                                       ", or compute in float32 (features.precision: float32).")
     raise MimprobeError(
         f"{shard_path}: backbone {backbone_cfg['model']} ({weights}) produced NaN/Inf features in "
-        f"block {block} ({pooling}) in {str(dtype).removeprefix('torch.')}; the shard was not marked done. "
-        "Check the weights file, or compute in float32 (features.precision: float32)."
+        f"block {block} ({pooling}) in {str(dtype).removeprefix('torch.')}; the shard was not marked done. {fix}"
     )
