@@ -63,7 +63,7 @@ def small_store(tmp_path, model: str, batch_size: int, **features):
         "backbones": {"b": {"model": model, "batch_size": batch_size}},
         "features": {"chunk_rows": 4} | features,
     })
-    prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
+    prepare_shards(config["datasets"]["digits"], tmp_path / "shards", 0)
     store = tmp_path / "b.zarr"
     backbone_cfg, features = config["backbones"]["b"], config["features"]
     init_store(store, layout_of(config["datasets"]["digits"]), backbone_cfg, features, 0)
@@ -200,7 +200,7 @@ def test_cpu_bfloat16_opt_in_stores_features_close_to_float32(tmp_path):
     })
     from mimprobe.config import backbone_features
 
-    meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", "resources", 0)
+    meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", 0)
     features = backbone_features(config, "vit")
     init_store(tmp_path / "vit.zarr", layout_of(config["datasets"]["digits"]), config["backbones"]["vit"], features, 0)
     record = embed_shards(tmp_path / "vit.zarr", [tmp_path / "shards/train-0000.npz"], tmp_path / "flag.json",

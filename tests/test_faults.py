@@ -24,7 +24,7 @@ import zarr
 
 from conftest import BIN, REPO, run_snakemake, tiny_config, workflow_env
 from mimprobe.config import validate_config
-from mimprobe.datasets import read_cifar_archive
+from mimprobe.datasets.cifar import read_cifar_archive
 from mimprobe.errors import ConfigError, DataError
 from mimprobe.faults import PAUSE_ENV
 from test_datasets import _add, make_cifar100_archive

@@ -35,10 +35,10 @@ from mimprobe.backbones.weights import safe_load
 from mimprobe.cli import main
 from mimprobe.config import validate_config
 from mimprobe.plan import split_sizes
-from mimprobe.datasets import CIFAR_ARCHIVES, CifarUnpickler, fetch_cifar_archive, read_cifar_archive
+from mimprobe.datasets.cifar import CIFAR_ARCHIVES, CifarUnpickler, fetch_cifar_archive, read_cifar_archive
 from mimprobe.errors import ConfigError, DataError, MimprobeError
 from mimprobe.faults import PAUSE_ENV
-from mimprobe.imagefolder import check_image_folder, list_image_folder, open_image, read_image_folder
+from mimprobe.datasets.imagefolder import check_image_folder, list_image_folder, open_image, read_image_folder
 from mimprobe.py2pickle import dumps_py2
 from mimprobe.shards import load_raw_dataset
 from mimprobe.synthetic import synthetic_cifar100, write_cifar100_archive
@@ -129,7 +129,7 @@ def test_the_refusal_holds_when_the_md5_check_is_off(tmp_path):
     members["data_batch_1"]["data"] = Payload(os.system, f"touch {marker}")
     archive = write_archive(tmp_path / "subset.tar.gz", "cifar10", members)
     with pytest.raises(DataError, match=r"member 'data_batch_1' refused: it would call posix\.system"):
-        load_raw_dataset({"kind": "cifar10", "archive": str(archive), "verify_md5": False}, str(tmp_path))
+        load_raw_dataset({"kind": "cifar10", "archive": str(archive), "verify_md5": False})
     assert not marker.exists()
 
 
@@ -376,7 +376,7 @@ def test_links_outside_are_read_when_allowed(linked):
     assert names == ["cat", "dog"]
     assert sorted(p.name for p, _ in files["train"]) == ["a.png", "a.png", "inside.png", "leak.png"]
     data = load_raw_dataset({"kind": "imagefolder", "root": str(linked), "image_size": 8,
-                             "allow_outside_links": True}, "resources")
+                             "allow_outside_links": True})
     assert (data.train.images[:, 0, 0] == (200, 0, 0)).all(-1).sum() == 1  # the linked secret.png
     assert (data.test.images[:, 0, 0] == (0, 200, 0)).all(-1).sum() == 1  # test/dog/ from elsewhere/dogs
 
@@ -399,7 +399,7 @@ def test_the_links_flag_comes_from_the_dataset_config(linked):
     with pytest.raises(DataError, match="lead outside the root"):
         split_sizes(config["datasets"]["pets"])
     with pytest.raises(DataError, match="lead outside the root"):
-        load_raw_dataset(config["datasets"]["pets"], "resources")
+        load_raw_dataset(config["datasets"]["pets"])
     config["datasets"]["pets"]["allow_outside_links"] = True
     assert split_sizes(config["datasets"]["pets"]) == {"train": 4, "test": 2}
 
@@ -417,7 +417,7 @@ def test_the_dag_check_follows_the_links_flag(linked, tmp_path):
 
 
 def test_the_links_flag_belongs_to_image_folders_only():
-    with pytest.raises(ConfigError, match=r"datasets\.digits\.allow_outside_links: only imagefolder"):
+    with pytest.raises(ConfigError, match=r"datasets\.digits\.allow_outside_links: only kind imagefolder reads it"):
         validate_config({"datasets": {"digits": {"kind": "digits", "allow_outside_links": True}},
                          "backbones": {"px": {"model": "pixels"}}})
 
@@ -503,18 +503,23 @@ def pixels_config(**features) -> dict:
             "backbones": {"px": {"model": "pixels", "features": features}}}
 
 
-@pytest.mark.parametrize("blocks", [[5], [1], [0, -1], [-2], []])
+@pytest.mark.parametrize("blocks", [[5], [1], [0, 1], [-2]])
 def test_pixels_blocks_other_than_its_one_block_are_refused(blocks):
     with pytest.raises(ConfigError) as err:
         validate_config(pixels_config(blocks=blocks))
     message = one_line(err)
     assert message.startswith(f"config key backbones.px.features.blocks: {blocks!r}")
-    assert "use [0], [-1] or all" in message
+    assert "use indices in -1..0 or all" in message
 
 
 @pytest.mark.parametrize("blocks", [[0], [-1], "all"])
 def test_pixels_own_block_is_accepted(blocks):
     assert validate_config(pixels_config(blocks=blocks))["backbones"]["px"]["features"]["blocks"] == blocks
+
+
+def test_an_empty_block_list_is_refused():
+    with pytest.raises(ConfigError, match=r"config key backbones\.px\.features\.blocks: \[\] should be non-empty"):
+        validate_config(pixels_config(blocks=[]))
 
 
 def test_top_level_blocks_do_not_apply_to_pixels():

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import run_snakemake, tiny_config
 from mimprobe.errors import DataError
-from mimprobe.imagefolder import check_image_folder, count_images, read_image_folder
+from mimprobe.datasets.imagefolder import check_image_folder, count_images, read_image_folder
 from study_run import IMAGE_FOLDER_CLASSES, finished_study, write_huge_png, write_image_folder
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import workflow_env
 from mimprobe.cli import main
-from mimprobe.datasets import load_digits_rgb
+from mimprobe.datasets.digits import load_digits_rgb
 from study_run import finished_study, write_huge_png
 
 pytestmark = pytest.mark.slow

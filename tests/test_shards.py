@@ -14,7 +14,7 @@ def digits_entry(**extra):
 
 
 def test_shards_cover_the_limited_splits_with_hashes(tmp_path):
-    meta = prepare_shards(digits_entry(limit={"train": 250, "test": 120}), tmp_path, "resources", seed=0)
+    meta = prepare_shards(digits_entry(limit={"train": 250, "test": 120}), tmp_path, seed=0)
     assert list(meta["shards"]) == ["train-0000", "train-0001", "train-0002", "test-0000", "test-0001"]
     assert meta["splits"]["train"]["count"] == 250 and meta["splits"]["test"]["count"] == 120
     last = read_shard(tmp_path / "train-0002.npz", meta["shards"]["train-0002"]["sha256"])
@@ -23,7 +23,7 @@ def test_shards_cover_the_limited_splits_with_hashes(tmp_path):
 
 
 def test_validation_split_is_stratified_seeded_and_inside_train(tmp_path):
-    meta = prepare_shards(digits_entry(val_fraction=0.2), tmp_path, "resources", seed=3)
+    meta = prepare_shards(digits_entry(val_fraction=0.2), tmp_path, seed=3)
     held = np.asarray(meta["validation"]["train_positions"])
     labels = np.concatenate([read_shard(tmp_path / f"train-{i:04d}.npz")["labels"] for i in range(13)])
     per_class = np.bincount(labels[held], minlength=10) / np.bincount(labels, minlength=10)
@@ -34,7 +34,7 @@ def test_validation_split_is_stratified_seeded_and_inside_train(tmp_path):
 
 
 def test_truncated_shard_is_refused_naming_the_file(tmp_path):
-    meta = prepare_shards(digits_entry(limit={"train": 100, "test": 100}), tmp_path, "resources", seed=0)
+    meta = prepare_shards(digits_entry(limit={"train": 100, "test": 100}), tmp_path, seed=0)
     shard = tmp_path / "train-0000.npz"
     shard.write_bytes(shard.read_bytes()[:1000])
     with pytest.raises(DataError, match="train-0000.npz.*meta.json"):

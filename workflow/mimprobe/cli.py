@@ -22,7 +22,7 @@ def _json(text: str):
 
 
 def cmd_download(args):
-    from .datasets import fetch_cifar_archive
+    from .datasets.cifar import fetch_cifar_archive
 
     path = fetch_cifar_archive(args.kind, os.path.dirname(args.out) or ".", None, True)
     print(f"{path}: the md5-checked {args.kind} archive")
@@ -31,9 +31,15 @@ def cmd_download(args):
 def cmd_prepare_shards(args):
     from .shards import prepare_shards
 
+    from .datasets import kind_of
+
     if args.archive:
         args.dataset["archive"] = args.archive
-    meta = prepare_shards(args.dataset, args.out_dir, args.resources, args.seed, args.expect)
+    elif kind_of(args.dataset).archive and not args.dataset.get("archive"):  # by hand: fetch it first
+        from .datasets.cifar import fetch_cifar_archive
+
+        args.dataset["archive"] = str(fetch_cifar_archive(args.dataset["kind"], args.resources, None, True))
+    meta = prepare_shards(args.dataset, args.out_dir, args.seed, args.expect)
     counts = {s: v["count"] for s, v in meta["splits"].items()}
     print(f"wrote {len(meta['shards'])} shards to {args.out_dir}: {counts}")
 
@@ -126,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     p = verbs.add_parser("download", help="fetch an official CIFAR archive (md5-checked)")
-    p.add_argument("--kind", required=True, choices=["cifar100", "cifar10"])
+    p.add_argument("--kind", required=True, help="a dataset kind read from an archive (cifar100, cifar10)")
     p.add_argument("--out", required=True, help="where the archive goes (its folder is the download folder)")
     p.set_defaults(run=cmd_download)
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft7Validator, validators
 
-from .datasets import BUILTIN_SPLIT_SIZES
 from .errors import ConfigError
 from .layout import NAME_PATTERN, shard_count
 
@@ -35,7 +34,14 @@ DefaultingValidator = _with_defaults(Draft7Validator)
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    """The schema file, with the dataset kinds and each kind's own keys from the kind registry."""
+    from .datasets import KINDS, schema_keys
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    entry = schema["properties"]["datasets"]["additionalProperties"]["properties"]
+    entry["kind"]["enum"] = list(KINDS)
+    entry |= {key: owned["schema"] for key, owned in schema_keys().items()}
+    return schema
 
 
 def _key_path(error) -> str:
@@ -66,15 +72,10 @@ def validate_config(config: dict) -> dict:
 
 
 def _check_semantics(config: dict) -> None:
-    from .backbones import check_model_spec, parse_spec
+    from .backbones import check_model_spec, source_of
 
     for name, dataset in config["datasets"].items():
-        if dataset["kind"] == "imagefolder" and not dataset.get("root"):
-            raise ConfigError(f"config key datasets.{name}.root: kind imagefolder needs a root folder.")
-        if dataset["kind"] not in ("cifar100", "cifar10") and dataset.get("archive"):
-            raise ConfigError(f"config key datasets.{name}.archive: only cifar100/cifar10 read archives.")
-        if dataset["kind"] != "imagefolder" and dataset["allow_outside_links"]:
-            raise ConfigError(f"config key datasets.{name}.allow_outside_links: only imagefolder reads links.")
+        _check_kind_keys(name, dataset)
         _check_shard_size(name, dataset)
     for name, backbone in config["backbones"].items():
         try:
@@ -89,15 +90,32 @@ def _check_semantics(config: dict) -> None:
         blocks = backbone_features(config, name)["blocks"]
         if isinstance(blocks, str) and blocks != "all":
             raise ConfigError(f"config key {key}: use 'all' or a list of block indices.")
-        if parse_spec(backbone["model"])[0] == "pixels":
-            _check_pixels_blocks(name, backbone["features"].get("blocks", "all"))
-        else:
-            _check_blocks_exist(key, name, backbone["model"], blocks)
+        _check_blocks_exist(key, name, backbone["model"], blocks)
+
+
+def _check_kind_keys(name: str, dataset: dict) -> None:
+    """A kind's own keys are set only for that kind; required ones (a null default) are set."""
+    from .datasets import schema_keys
+
+    for key, owned in schema_keys().items():
+        default = owned["schema"].get("default")
+        if dataset["kind"] not in owned["kinds"] and dataset.get(key) != default:
+            raise ConfigError(f"config key datasets.{name}.{key}: only kind {' or '.join(owned['kinds'])} reads it; "
+                              "remove it.")
+        if dataset["kind"] in owned["kinds"] and owned["schema"].get("x-needed") and dataset.get(key) is None:
+            raise ConfigError(f"config key datasets.{name}.{key}: kind {dataset['kind']} needs it.")
 
 
 def backbone_features(config: dict, name: str) -> dict:
-    """The top-level features settings with this backbone's own overrides applied."""
-    return config["features"] | config["backbones"][name].get("features", {})
+    """The top-level features settings with this backbone's own overrides applied (a one-block
+    baseline such as pixels takes only its own `blocks`, else all of its one block)."""
+    from .backbones import source_of
+
+    own = config["backbones"][name].get("features", {})
+    features = config["features"] | own
+    if "blocks" not in own and source_of(config["backbones"][name]["model"])[0].own_blocks_only:
+        features["blocks"] = "all"
+    return features
 
 
 def _check_shard_size(name: str, dataset: dict) -> None:
@@ -106,10 +124,13 @@ def _check_shard_size(name: str, dataset: dict) -> None:
     size = dataset["shard_size"]
     if type(size) is not int:  # JSON schema accepts 64.0 as an integer
         raise ConfigError(f"{key}: {size!r} is not a whole number of images; write it without a decimal point.")
-    if dataset["kind"] not in BUILTIN_SPLIT_SIZES:
-        return  # image folders are counted when the DAG is built
+    from .datasets import kind_of
+
+    official = kind_of(dataset).official_sizes
+    if official is None:
+        return  # image folders and custom archives are counted when the DAG is built
     limit = dataset.get("limit") or {}
-    sizes = {s: min(n, limit.get(s) or n) for s, n in BUILTIN_SPLIT_SIZES[dataset["kind"]].items()}
+    sizes = {s: min(n, limit.get(s) or n) for s, n in official.items()}
     for split, count in sizes.items():
         if shard_count(count, size) > MAX_SHARDS_PER_SPLIT:
             raise ConfigError(
@@ -118,44 +139,18 @@ def _check_shard_size(name: str, dataset: dict) -> None:
             )
 
 
-def static_backbone(model_spec: str):
-    """The backbone's block layout without weights or memory: timm models built on the meta device.
-
-    Returns None for kinds whose architecture is only known once loaded (checked when the job runs).
-    """
-    from .backbones import parse_spec
-
-    kind, arg = parse_spec(model_spec)
-    arch = {"effnet_lite0": "tf_efficientnet_lite0", "random": arg, "synthetic": arg, "timm": arg}.get(kind)
-    if arch is None:
-        return None
-    import timm
-    import torch
-
-    from .backbones.timm_models import wrap_timm_model
-
-    try:
-        with torch.device("meta"):
-            return wrap_timm_model(timm.create_model(arch, pretrained=False))
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when it runs
-        return None
-
-
 def _check_blocks_exist(key: str, name: str, model_spec: str, blocks) -> None:
-    backbone = static_backbone(model_spec)
+    """Block indices against the architecture, where the registry knows it before any weights load."""
+    from .backbones import block_layout
+
+    backbone = block_layout(model_spec)
     if backbone is None or blocks == "all":
         return
     try:
         backbone.resolve_blocks(blocks)
     except IndexError as err:
-        raise ConfigError(f"config key {key}: backbones.{name} ({model_spec}): {err}.") from None
-
-
-def _check_pixels_blocks(name: str, blocks) -> None:
-    """Raw pixels are one block: the top-level blocks do not apply, and its own may only name it."""
-    if blocks not in ("all", [0], [-1]):
-        raise ConfigError(f"config key backbones.{name}.features.blocks: {blocks!r}, but the pixels baseline has "
-                          "one block; use [0], [-1] or all, or remove the key.")
+        raise ConfigError(f"config key {key}: {blocks!r} for backbones.{name} ({model_spec}): {err}; use indices "
+                          f"in {-len(backbone.block_names)}..{len(backbone.block_names) - 1} or all.") from None
 
 
 def load_config(path: str | Path) -> dict:

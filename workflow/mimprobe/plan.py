@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from .datasets import BUILTIN_SPLIT_SIZES
+from .datasets import kind_of
 from .errors import DataError
 from .layout import SPLITS, lane_name, shard_count, shard_name
 
@@ -22,19 +22,20 @@ MAX_AUTO_LANES = 4  # `shards_per_job: auto`: at most this many embedding jobs p
 COUNTS_CACHE = Path(".snakemake") / "mimprobe" / "archive-counts.json"
 
 
-def _file_key(path: Path) -> str:
+def file_key(path: Path) -> str:
+    """A file's identity without reading it: absolute path, size, modification time."""
     stat = path.stat()
     return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def archive_counts(path: str | Path, kind: str, cache: Path = COUNTS_CACHE) -> dict[str, int]:
     """Images per split in a local CIFAR archive, read once and cached."""
-    from .datasets import read_cifar_archive
+    from .datasets.cifar import read_cifar_archive
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: archive not found. Check datasets.<name>.archive.")
-    key = _file_key(path)
+    key = file_key(path)
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     if key not in known:
         raw = read_cifar_archive(path, kind)
@@ -48,14 +49,7 @@ def archive_counts(path: str | Path, kind: str, cache: Path = COUNTS_CACHE) -> d
 
 def source_sizes(dataset: dict) -> dict[str, int]:
     """Images per split of the dataset's source, before `limit`."""
-    kind = dataset["kind"]
-    if kind == "imagefolder":
-        from .imagefolder import count_images
-
-        return count_images(dataset["root"], dataset.get("allow_outside_links", False))
-    if dataset.get("archive") and not dataset.get("verify_md5", True):
-        return archive_counts(dataset["archive"], kind)
-    return dict(BUILTIN_SPLIT_SIZES[kind])
+    return kind_of(dataset).sizes(dataset)
 
 
 def split_sizes(dataset: dict) -> dict[str, int]:
@@ -66,8 +60,8 @@ def split_sizes(dataset: dict) -> dict[str, int]:
 
 
 def image_shape(dataset: dict) -> list[int]:
-    """(H, W, 3) of the dataset's shards: CIFAR and digits are 32x32, image folders `image_size` squared."""
-    side = dataset["image_size"] if dataset["kind"] == "imagefolder" else 32
+    """(H, W, 3) of the dataset's shards."""
+    side = kind_of(dataset).image_side(dataset)
     return [side, side, 3]
 
 
@@ -89,22 +83,15 @@ def _digest(*parts) -> str:
 
 
 def shard_sources(dataset: dict, sizes: dict[str, int]) -> dict[str, str]:
-    """A digest per shard of what its images are made from, so that an embedding job reruns exactly
-    when its shards' content would change: the image files of its slice of an image folder (names,
-    sizes, modification times), a local archive's identity, or the built-in source."""
-    names = shard_names(dataset, sizes)
+    """A digest per shard of what its images are made from, so that embedding reruns exactly when its
+    shards' content would change: the kind's source identity, and for sources that change image by
+    image (an image folder) the images of that shard's slice."""
+    kind = kind_of(dataset)
     settings = {k: v for k, v in dataset.items() if k != "val_fraction"}  # validation does not touch images
-    if dataset["kind"] == "imagefolder":
-        from .imagefolder import list_image_folder
-
-        _, files = list_image_folder(dataset["root"], dataset.get("allow_outside_links", False))
-        root, size, out = Path(dataset["root"]), dataset["shard_size"], {}
-        for split in SPLITS:
-            for i in range(shard_count(sizes[split], size)):
-                members = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                           for p, _ in files[split][i * size:(i + 1) * size]]
-                out[shard_name(split, i)] = _digest(settings, members)
-        return out
-    archive = Path(dataset["archive"]) if dataset.get("archive") else None
-    identity = _file_key(archive) if archive and archive.is_file() else "official"
-    return {name: _digest(settings, identity, name) for name in names}
+    identity, items = kind.identity(dataset), kind.items(dataset) if kind.items else None
+    out, size = {}, dataset["shard_size"]
+    for split in SPLITS:
+        for i in range(shard_count(sizes[split], size)):
+            members = items[split][i * size:(i + 1) * size] if items else None
+            out[shard_name(split, i)] = _digest(settings, identity, shard_name(split, i), members)
+    return out

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import DataError, MimprobeError
-from .imagefolder import open_image, to_square_uint8
+from .datasets.imagefolder import open_image, to_square_uint8
 from .report.table import best_by_comparison
 
 TOP_K = 5

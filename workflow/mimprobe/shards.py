@@ -9,26 +9,12 @@ import numpy as np
 from .atomic import sha256_file, write_json
 from .layout import SPLITS, shard_count, shard_name
 from .shardfile import write_shard
-from .datasets import RawDataset, SplitArrays
+from .datasets import RawDataset, SplitArrays, kind_of
 from .errors import DataError
 
 
-def load_raw_dataset(dataset: dict, resources_dir: str) -> RawDataset:
-    kind = dataset["kind"]
-    if kind in ("cifar100", "cifar10"):
-        from .datasets import fetch_cifar_archive, read_cifar_archive
-
-        path = fetch_cifar_archive(kind, resources_dir, dataset.get("archive"), dataset["verify_md5"])
-        return read_cifar_archive(path, kind)
-    if kind == "digits":
-        from .datasets import load_digits_rgb
-
-        return load_digits_rgb()
-    if kind == "imagefolder":
-        from .imagefolder import read_image_folder
-
-        return read_image_folder(dataset["root"], dataset["image_size"], dataset["allow_outside_links"])
-    raise DataError(f"unknown dataset kind {kind!r}")
+def load_raw_dataset(dataset: dict) -> RawDataset:
+    return kind_of(dataset).load(dataset)
 
 
 def _limit(arrays: SplitArrays, limit: int | None) -> SplitArrays:
@@ -51,13 +37,13 @@ def stratified_validation(labels: np.ndarray, fraction: float, seed: int) -> np.
     return np.sort(np.concatenate(held)) if held else np.zeros(0, dtype=np.int64)
 
 
-def prepare_shards(dataset: dict, out_dir: str | Path, resources_dir: str, seed: int,
+def prepare_shards(dataset: dict, out_dir: str | Path, seed: int,
                    expect: dict[str, int] | None = None) -> dict:
     """Write every shard of a dataset and then meta.json (written last: it marks completion).
 
     `expect` is what the workflow planned (images per split): the shards written must be those."""
     out_dir = Path(out_dir)
-    raw = load_raw_dataset(dataset, resources_dir)
+    raw = load_raw_dataset(dataset)
     limits = dataset.get("limit") or {}
     splits = {"train": _limit(raw.train, limits.get("train")), "test": _limit(raw.test, limits.get("test"))}
     counts = {split: len(arrays.labels) for split, arrays in splits.items()}

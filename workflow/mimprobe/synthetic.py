@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .datasets import CIFAR_ARCHIVES, RawDataset, SplitArrays
+from .datasets import RawDataset, SplitArrays
+from .datasets.cifar import CIFAR_ARCHIVES
 from .py2pickle import dumps_py2
 
 CLASSES, SUPERCLASSES, SIDE = 100, 20, 32

@@ -12,7 +12,7 @@ sys.path.insert(0, str(SRC))
 
 from mimprobe import layout
 from mimprobe.config import backbone_features, validate_config
-from mimprobe.datasets import CIFAR_ARCHIVES
+from mimprobe.datasets import KINDS, kind_of
 from mimprobe.errors import MimprobeError
 from mimprobe.plan import image_shape, lanes, shard_names, shard_sources, split_sizes
 from mimprobe.probes import enabled_families
@@ -27,7 +27,7 @@ except MimprobeError as err:
 # which re-read this file, skip it.
 for _name, _dataset in config["datasets"].items():
     if _dataset["kind"] == "imagefolder" and workflow.is_main_process:
-        from mimprobe.imagefolder import check_image_folder
+        from mimprobe.datasets.imagefolder import check_image_folder
 
         try:
             check_image_folder(_dataset["root"], _dataset["allow_outside_links"])
@@ -74,10 +74,20 @@ def sharding_memory_mb(name):
 
 
 def archive_path(entry):
-    """The dataset's CIFAR archive: its local file, or what the download rule fetches."""
-    if entry["kind"] not in CIFAR_ARCHIVES:
+    """The dataset's archive, for kinds read from one: its local file, or what its download rule fetches."""
+    archive = kind_of(entry).archive
+    if archive is None:
         return []
-    return entry["archive"] or f"{config['resources_dir']}/{CIFAR_ARCHIVES[entry['kind']]['filename']}"
+    return entry["archive"] or f"{config['resources_dir']}/{archive['filename']}"
+
+
+def downloads():
+    """{kind: archive spec} of every kind a dataset downloads (one with an archive and no local file)."""
+    return {
+        d["kind"]: KINDS[d["kind"]].archive
+        for d in config["datasets"].values()
+        if KINDS[d["kind"]].archive and not d["archive"]
+    }
 
 
 def choice(names):

@@ -1,13 +1,11 @@
 # Downloads run where Snakemake runs (the login node on a cluster): compute nodes need no internet.
-for _kind in sorted(
-    {d["kind"] for d in config["datasets"].values() if d["kind"] in CIFAR_ARCHIVES and not d["archive"]}
-):
+for _kind, _archive in sorted(downloads().items()):
 
     rule:
         name:
             f"download_{_kind}"
         output:
-            archive=f"{config['resources_dir']}/{CIFAR_ARCHIVES[_kind]['filename']}",
+            archive=f"{config['resources_dir']}/{_archive['filename']}",
         log:
             f"logs/download/{_kind}.log",
         localrule: True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Backbone
+from .source import Source
 
 
 class Pixels(Backbone):
@@ -18,5 +19,6 @@ class Pixels(Backbone):
     def _block_outputs(self, x, indices):
         return {0: {"flat": x.flatten(1)}}
 
-    def resolve_blocks(self, blocks) -> list[int]:
-        return [0]  # the top-level blocks do not apply; its own are checked by config._check_pixels_blocks
+
+PIXELS = Source(lambda name, weights, final_norm, seed: Pixels(), layout=lambda name: Pixels(), needs_name=False,
+                own_blocks_only=True)

@@ -7,6 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError, MimprobeError
 from .base import Backbone, pool_feature_map, pool_tokens
+from .source import Source
 from .weights import plain_state_dict, safe_load
 
 
@@ -162,3 +163,8 @@ class HubViT(LoopedViT):
 
     def norm(self, x):
         return self.model.norm(x)
+
+
+TORCHVISION = Source(lambda name, weights, final_norm, seed: create_torchvision(name, weights, final_norm))
+TORCHHUB = Source(lambda name, weights, final_norm, seed: create_torchhub(name, weights, final_norm),
+                  check=parse_hub_spec)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Backbone, pool_tokens
+from .source import Source
 from .weights import check_keys_and_shapes, download_to_hub_cache, plain_state_dict, safe_load
 
 URL = "https://ml.jku.at/research/mimrefiner/download/{file}.th"
@@ -239,3 +240,6 @@ def create_refiner(entry: str, weights: str | None, final_norm: bool, seed: int)
         return build_refiner(arch, None, final_norm=final_norm, seed=seed)
     state_dict, path = load_refiner_weights(entry, weights)
     return build_refiner(arch, state_dict, path, f"mim_refiner:{entry}", final_norm, seed)
+
+
+MIM_REFINER = Source(create_refiner, check=check_entry)

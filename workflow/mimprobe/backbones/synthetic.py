@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Backbone
+from .source import Source
+from .timm_models import check_timm_arch, meta_layout
 
 POOLED_SIDE = 8
 
@@ -68,3 +70,6 @@ class Synthetic(Backbone):
             if grid is not None:
                 outputs[(i, "tokens")] = torch.tanh(grid @ self.token_projection.float() * (1 + i))
         return {key: value for key, value in outputs.items() if key[1] in poolings}
+
+
+SYNTHETIC = Source(lambda name, weights, final_norm, seed: Synthetic(name, seed), check_timm_arch, meta_layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Backbone, pool_feature_map, pool_tokens
+from .source import Source
 
 
 def _input_geometry(backbone: Backbone, model) -> None:
@@ -80,3 +81,48 @@ def seeded_random_model(arch: str, seed: int):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return timm.create_model(arch, pretrained=False)
+
+
+def check_timm_arch(name: str) -> None:
+    import timm
+
+    from ..errors import ConfigError
+
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"timm has no architecture {name.split('.')[0]!r}; see timm.list_models()")
+
+
+def meta_layout(name: str) -> Backbone | None:
+    """The architecture built on PyTorch's meta device: its blocks without weights or memory."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            return wrap_timm_model(timm.create_model(name.split(".")[0], pretrained=False))
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when it runs
+        return None
+
+
+def create_timm_pretrained(name: str, weights: str | None = None):
+    """timm's pretrained model; a local `weights` file goes through timm's own (weights-only) loader,
+    whose failures become one line naming the file."""
+    import timm
+
+    if not weights:
+        return timm.create_model(name, pretrained=True)
+    from ..errors import MimprobeError
+    from .weights import load_failure, require_file
+
+    source = f"timm:{name}"
+    require_file(weights, source)
+    try:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
+    except Exception as err:  # noqa: BLE001 - timm raises RuntimeError, KeyError... for a file it cannot use
+        raise MimprobeError(load_failure(weights, source, err)) from None
+
+
+RANDOM = Source(lambda name, weights, final_norm, seed: wrap_timm_model(seeded_random_model(name, seed), final_norm),
+                check_timm_arch, meta_layout)
+PRETRAINED = Source(lambda name, weights, final_norm, seed: wrap_timm_model(create_timm_pretrained(name, weights),
+                                                                            final_norm),
+                    check_timm_arch, meta_layout)

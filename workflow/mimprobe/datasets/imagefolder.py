@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .datasets import RawDataset, SplitArrays
-from .errors import DataError
+from ..errors import DataError
+from .base import Kind, RawDataset, SplitArrays
 
 SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -211,3 +211,31 @@ def read_image_folder(root: str | Path, image_size: int, allow_outside_links: bo
     if bad:
         raise DataError(f"image folder {root}: {len(bad)} unreadable image(s): {'; '.join(bad[:10])}")
     return RawDataset(splits["train"], splits["test"], class_names)
+
+
+def _listing(entry: dict) -> dict[str, list]:
+    """Per split, each image as (path under the root, size, modification time)."""
+    root = Path(entry["root"])
+    _, files = list_image_folder(root, entry["allow_outside_links"])
+    return {split: [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p, _ in pairs]
+            for split, pairs in files.items()}
+
+
+SCHEMA = {
+    "root": {"type": ["string", "null"], "default": None, "x-needed": True,
+             "description": "For kind imagefolder, the folder holding train/<class>/* and test/<class>/*."},
+    "image_size": {"type": "integer", "minimum": 8, "default": 32,
+                   "description": "For kind imagefolder, the side images are resized to when sharding."},
+    "allow_outside_links": {"type": "boolean", "default": False,
+                            "description": "For kind imagefolder, read class folders and images that are symbolic "
+                                           "links leading outside root (refused by default)."},
+}
+
+IMAGEFOLDER = Kind(
+    load=lambda entry: read_image_folder(entry["root"], entry["image_size"], entry["allow_outside_links"]),
+    sizes=lambda entry: count_images(entry["root"], entry["allow_outside_links"]),
+    identity=lambda entry: str(Path(entry["root"]).resolve()),
+    items=_listing,
+    schema=SCHEMA,
+    image_side=lambda entry: entry["image_size"],
+)

@@ -1,20 +1,18 @@
-"""Dataset sources: CIFAR "python version" archives, the offline digits default, image folders.
-
-Every loader returns a `RawDataset` of uint8 NHWC images; `shards.py` cuts it into shards.
-"""
+"""`cifar100` and `cifar10`: the "python version" archives, read straight from the .tar.gz through an
+unpickler that builds only numpy arrays and plain containers, with every label checked."""
 
 from __future__ import annotations
 
 import io
 import pickle
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import DataError
+from ..atomic import atomic_path
+from ..errors import DataError
+from .base import Kind, RawDataset, SplitArrays
 
 CIFAR_ARCHIVES = {
     "cifar100": {
@@ -37,27 +35,7 @@ CIFAR_ARCHIVES = {
     },
 }
 
-# Images per split of each built-in dataset, so the DAG knows its shards before any job runs.
-BUILTIN_SPLIT_SIZES = {
-    "cifar100": {"train": 50_000, "test": 10_000},
-    "cifar10": {"train": 50_000, "test": 10_000},
-    "digits": {"train": 1_297, "test": 500},
-}
-
-
-@dataclass
-class SplitArrays:
-    images: np.ndarray  # (N, H, W, 3) uint8
-    labels: np.ndarray  # (N,) int64 fine labels
-    coarse_labels: np.ndarray | None = None
-
-
-@dataclass
-class RawDataset:
-    train: SplitArrays
-    test: SplitArrays
-    class_names: list[str]
-    coarse_class_names: list[str] | None = None
+OFFICIAL_SIZES = {"train": 50_000, "test": 10_000}
 
 
 def _text(value) -> str:
@@ -280,14 +258,20 @@ def fetch_cifar_archive(kind: str, resources_dir: str | Path, archive: str | Non
                 "Fix the path, or remove the key to download it."
             )
     else:
-        path = Path(resources_dir) / spec["filename"]
-        if not path.is_file():
-            _download(spec["url"], path, spec["md5"])
+        path = download_archive(spec, Path(resources_dir) / spec["filename"])
     if verify_md5 and not check_integrity(str(path), spec["md5"]):
         raise DataError(
             f"{path}: md5 differs from the official {kind} archive ({spec['md5']}). Delete it and "
             "download again, or set verify_md5: false for a custom subset in the same format."
         )
+    return path
+
+
+def download_archive(spec: dict, path: str | Path) -> Path:
+    """The archive of `spec` (url, md5) at `path`, downloaded unless it is already there."""
+    path = Path(path)
+    if not path.is_file():
+        _download(spec["url"], path, spec["md5"])
     return path
 
 
@@ -306,46 +290,43 @@ def _download(url: str, path: Path, md5: str) -> None:
             ) from None
 
 
-def render_digit(digit_8x8: np.ndarray, rng: np.random.Generator, side: int = 32) -> np.ndarray:
-    """One 8x8 digit (values 0..16) drawn at a random size, position and colour pair on side x side.
+def archive_sizes(entry: dict) -> dict[str, int]:
+    """Images per split: the official sizes, or a custom archive's own (`verify_md5: false`), read once."""
+    if entry.get("archive") and not entry.get("verify_md5", True):
+        from ..plan import archive_counts
 
-    Raw 8x8 digits are so aligned that raw pixels classify them almost perfectly; random
-    placement and colours make the demo a test of features rather than of pixel alignment.
-    """
-    from PIL import Image
-
-    size = int(rng.integers(side // 2, side - 3))
-    glyph = Image.fromarray((digit_8x8 / 16.0 * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
-    alpha = np.zeros((side, side), dtype=np.float32)
-    top, left = rng.integers(0, side - size + 1, size=2)
-    alpha[top:top + size, left:left + size] = np.asarray(glyph, dtype=np.float32) / 255.0
-    while True:
-        background, foreground = rng.uniform(0, 255, size=(2, 3))
-        if np.abs(background - foreground).mean() > 90:  # keep the digit visible
-            break
-    image = background * (1 - alpha[..., None]) + foreground * alpha[..., None]
-    image += rng.normal(0, 6, size=image.shape)
-    return np.clip(image.round(), 0, 255).astype(np.uint8)
+        return archive_counts(entry["archive"], entry["kind"])
+    return dict(OFFICIAL_SIZES)
 
 
-def load_digits_rgb(test_size: int = BUILTIN_SPLIT_SIZES["digits"]["test"], seed: int = 0) -> RawDataset:
-    """sklearn's 1,797 digits rendered as 32x32 RGB uint8 (see render_digit), fixed stratified split.
+def load_archive(entry: dict) -> RawDataset:
+    """The entry's archive (its `archive` is the local file, or the download rule's), checked and read."""
+    path = fetch_cifar_archive(entry["kind"], ".", entry.get("archive"), entry.get("verify_md5", True))
+    return read_cifar_archive(path, entry["kind"])
 
-    The rendering and the split use their own fixed seed, so the dataset is the same for every
-    config seed (the config seed drives only the validation split and the probes).
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    rgb = np.stack([render_digit(image, rng) for image in digits.images])
-    train_idx, test_idx = train_test_split(
-        np.arange(len(rgb)), test_size=test_size, stratify=digits.target, random_state=seed
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
-    return RawDataset(
-        SplitArrays(rgb[train_idx], digits.target[train_idx].astype(np.int64)),
-        SplitArrays(rgb[test_idx], digits.target[test_idx].astype(np.int64)),
-        [str(i) for i in range(10)],
-    )
+def archive_identity(entry: dict) -> str:
+    """A custom archive is identified by its file (path, size, modification time); an official one by its md5."""
+    path = Path(entry["archive"]) if entry.get("archive") else None
+    if path is not None and path.is_file() and not entry.get("verify_md5", True):
+        from ..plan import file_key
+
+        return file_key(path)
+    return CIFAR_ARCHIVES[entry["kind"]]["md5"]
+
+
+SCHEMA = {
+    "archive": {"type": ["string", "null"], "default": None,
+                "description": "Local CIFAR archive; null downloads it (md5-checked) into resources_dir."},
+    "verify_md5": {"type": "boolean", "default": True,
+                   "description": "Check a local CIFAR archive against the official md5; false for custom subsets "
+                                  "in the same format."},
+}
+
+
+def _kind(name: str) -> Kind:
+    return Kind(load=load_archive, sizes=archive_sizes, identity=archive_identity, schema=SCHEMA,
+                archive=CIFAR_ARCHIVES[name], official_sizes=OFFICIAL_SIZES)
+
+
+CIFAR100, CIFAR10 = _kind("cifar100"), _kind("cifar10")
