@@ -10,7 +10,7 @@ import sys
 import time
 import traceback
 
-from . import __version__
+from . import __version__, layout
 from .errors import MimprobeError
 
 
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--embeddings", default="results/embeddings",
+    p.add_argument("--embeddings", default=layout.EMBEDDINGS,
                    help="feature stores: block counts, model kinds and the t-SNE map")
     p.add_argument("probe_jsons", nargs="+")
     p.set_defaults(run=cmd_report)
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block", type=int, help="stored block index (default: the best on validation)")
     p.add_argument("--pooling", help="cls, mean or flat (default: the best on validation)")
     p.add_argument("--dataset", help="needed only when the backbone was probed on several datasets")
-    p.add_argument("--results", default="results", help="the run's results folder")
+    p.add_argument("--results", default=layout.RESULTS, help="the run's results folder")
     p.add_argument("--config", help="a config whose backbone entry (model, weights) replaces the one the run recorded")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=cmd_predict)

@@ -37,12 +37,15 @@ def shard_path(dataset: str, shard: str) -> str:
     return f"{shards_dir(dataset)}/{shard}.npz"
 
 
-def meta_path(dataset: str) -> str:
-    return f"{shards_dir(dataset)}/meta.json"
+def meta_path(dataset: str, results: str | Path = RESULTS) -> str:
+    return f"{results}/shards/{dataset}/meta.json"
 
 
-def store_path(backbone: str, dataset: str) -> str:
-    return f"{RESULTS}/embeddings/{backbone}/{dataset}.zarr"
+EMBEDDINGS = f"{RESULTS}/embeddings"
+
+
+def store_path(backbone: str, dataset: str, embeddings: str | Path = EMBEDDINGS) -> str:
+    return f"{embeddings}/{backbone}/{dataset}.zarr"
 
 
 def store_root_file(backbone: str, dataset: str) -> str:
@@ -62,8 +65,8 @@ def checked_path(backbone: str, dataset: str) -> str:
     return f"{RESULTS}/embeddings/{backbone}/{dataset}.ok.json"
 
 
-def store_of(checked: str | Path) -> Path:
-    return Path(str(checked).removesuffix(".ok.json") + ".zarr")
+def probes_dir(results: str | Path = RESULTS) -> Path:
+    return Path(results) / "probes"
 
 
 def probe_json(backbone: str, dataset: str, family: str, results: str | Path = RESULTS) -> str:
@@ -88,8 +91,21 @@ def array_name(split: str, pooling: str, block: int) -> str:
 
 
 def record_key(block: int, pooling: str, setting: str) -> str:
-    """A probe result's key in `.heads.pt` (and, with '/' as '__', in `.predictions.npz`)."""
+    """A probe result's key in `.heads.pt`."""
     return f"b{block:03d}/{pooling}/{setting}"
+
+
+def prediction_key(block: int, pooling: str, setting: str) -> str:
+    """A probe result's array name in `.predictions.npz` (npz names cannot hold '/')."""
+    return record_key(block, pooling, setting).replace("/", "__")
+
+
+def flags_of_store(store: str | Path) -> Path:
+    return Path(str(store).removesuffix(".zarr") + ".chunks")
+
+
+def checked_of_store(store: str | Path) -> Path:
+    return Path(str(store).removesuffix(".zarr") + ".ok.json")
 
 
 def read_meta(path: str | Path) -> dict:

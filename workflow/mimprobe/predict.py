@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import layout
 from .errors import DataError, MimprobeError
+from .layout import heads_path as heads_path_of
+from .layout import probe_json, record_key, store_path
 from .datasets.imagefolder import open_image, to_square_uint8
 from .report.table import best_by_comparison
 
@@ -34,11 +37,11 @@ class Run:
 
     @property
     def probe_json(self) -> Path:
-        return self.results / "probes" / self.backbone / self.dataset / f"{self.probe}.json"
+        return Path(probe_json(self.backbone, self.dataset, self.probe, self.results))
 
     @property
     def store(self) -> Path:
-        return self.results / "embeddings" / self.backbone / f"{self.dataset}.zarr"
+        return Path(store_path(self.backbone, self.dataset, self.results / "embeddings"))
 
 
 def _names(folder: Path, pattern: str) -> list[str]:
@@ -48,7 +51,7 @@ def _names(folder: Path, pattern: str) -> list[str]:
 def find_run(results: str | Path, backbone: str, probe: str, dataset: str | None = None) -> Run:
     """Locate the finished probe job, or say exactly which choices exist."""
     results = Path(results)
-    probes_dir = results / "probes"
+    probes_dir = layout.probes_dir(results)
     backbones = [p.name for p in sorted(probes_dir.glob("*")) if p.is_dir()]
     if backbone not in backbones:
         found = ", ".join(backbones) or "none"
@@ -69,7 +72,7 @@ def find_run(results: str | Path, backbone: str, probe: str, dataset: str | None
         raise DataError(f"no finished {probe!r} probe for {backbone}/{dataset} in {folder} (found: "
                         f"{', '.join(probes) or 'none'}). Enable it in the config and rerun, or pass --probe "
                         "with one of those.")
-    meta_path = results / "shards" / dataset / "meta.json"
+    meta_path = Path(layout.meta_path(dataset, results))
     if not meta_path.is_file():
         raise DataError(f"{meta_path}: missing, so class names are unknown. Rerun the workflow to rebuild it.")
     payload = json.loads((folder / f"{probe}.json").read_text())
@@ -119,11 +122,11 @@ def embed_images(run: Run, images: np.ndarray, arrays: list[tuple[int, str]], co
 
 def load_head(run: Run, record: dict) -> dict:
     """The fitted head of a record (key `bNNN/pooling/setting`); kNN keeps none."""
-    heads_path = run.probe_json.with_suffix(".heads.pt")
+    heads_path = heads_path_of(run.probe_json)
     if not heads_path.is_file():
         raise DataError(f"{heads_path}: missing. Rerun the workflow to refit the {run.probe} probe.")
     heads = torch.load(heads_path, map_location="cpu", weights_only=True)
-    head = heads.get(f"b{record['block']:03d}/{record['pooling']}/{record['setting']}")
+    head = heads.get(record_key(record["block"], record["pooling"], record["setting"]))
     if not head or not {"weight", "bias"} <= set(head):
         raise MimprobeError(f"probe {run.probe!r} saved no linear head in {heads_path}, so predict cannot "
                             "use it yet. Use --probe linear or --probe knn.")

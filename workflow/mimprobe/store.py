@@ -16,7 +16,7 @@ import zarr
 
 from .atomic import sha256_bytes
 from .errors import DataError
-from .layout import array_name, feature_column, shard_name
+from .layout import array_name, checked_of_store, feature_column, flags_of_store, shard_name
 
 
 def store_chunk_rows(shard_size: int, at_most: int) -> int:
@@ -82,7 +82,7 @@ def require_chunk_files(root, path: Path) -> None:
                     shard = shard_name(split, index * rows // shard_size)
                     raise DataError(
                         f"{chunk}: store chunk file missing (deleted, or its job never finished). Delete "
-                        f"{flag_of_shard(path, shard)} and {path.with_suffix('.ok.json')}, then rerun snakemake "
+                        f"{flag_of_shard(path, shard)} and {checked_of_store(path)}, then rerun snakemake "
                         f"to re-embed shard {shard}."
                     )
 
@@ -91,7 +91,7 @@ def flag_of_shard(store: Path, shard: str) -> Path:
     """The embedding job's flag that vouches for a shard (its lane), or where such flags live."""
     import json
 
-    flags = store.with_name(store.name.removesuffix(".zarr") + ".chunks")
+    flags = flags_of_store(store)
     for flag in sorted(flags.glob("*.json")):
         try:
             if shard in {r.get("shard") for r in flag_regions(json.loads(flag.read_text()))}:
@@ -157,7 +157,7 @@ def check_rows(root, split: str, name: str, values: np.ndarray, verified: dict) 
             raise DataError(
                 f"{store / split / name}: rows {region['start']}:{region['stop']} changed since check_store "
                 f"verified them (a store chunk file was modified). Delete {region['flag']} and "
-                f"{store.with_suffix('.ok.json')}, then rerun snakemake to re-embed them."
+                f"{checked_of_store(store)}, then rerun snakemake to re-embed them."
             )
 
 

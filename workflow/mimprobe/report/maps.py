@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..layout import prediction_key, predictions_path, store_path
 from .plots import WIDTH, placeholder, pyplot, save
 from .table import best_overall
 
@@ -35,8 +36,8 @@ def _best_predictions(table: pd.DataFrame, jsons: dict[tuple, Path], dataset: st
     candidates = best_overall(table)
     for row in candidates[candidates.dataset == dataset].itertuples():
         path = jsons.get((row.dataset, row.backbone, row.probe))
-        npz = path.with_suffix(".predictions.npz") if path else None
-        key = f"b{row.block:03d}__{row.pooling}__{row.setting}"  # as probes.common saves them
+        npz = predictions_path(path) if path else None
+        key = prediction_key(row.block, row.pooling, row.setting)
         if npz and npz.is_file():
             with np.load(npz) as data:
                 if key in data:
@@ -105,7 +106,7 @@ def plot_feature_map(table: pd.DataFrame, dataset: str, embeddings: Path, names:
     best = best_overall(table)
     found = None
     for row in best[best.dataset == dataset].itertuples():  # a combination of arrays has no single feature space
-        store = embeddings / row.backbone / f"{row.dataset}.zarr"
+        store = Path(store_path(row.backbone, row.dataset, embeddings))
         if row.combined_blocks == "" and (store / "zarr.json").is_file():
             found = row, store
             break

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..layout import store_path
+
 COLUMNS = ["backbone", "dataset", "block", "pooling", "probe", "setting", "split", "metric", "value",
            "ci_low", "ci_high"]
 SORT = ["dataset", "backbone", "probe", "block", "pooling", "split", "setting", "metric"]
@@ -74,7 +76,7 @@ def store_attrs(embeddings: str | Path | None, backbone: str, dataset: str) -> d
     """The store's root attributes (model, block_count, ...), or {} when the store is not there."""
     if embeddings is None:
         return {}
-    path = Path(embeddings) / backbone / f"{dataset}.zarr" / "zarr.json"
+    path = Path(store_path(backbone, dataset, embeddings)) / "zarr.json"
     try:
         return json.loads(path.read_text()).get("attributes", {})
     except (OSError, ValueError):

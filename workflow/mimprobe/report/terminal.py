@@ -1,6 +1,6 @@
 """The end of every `snakemake` run: the headline table and where the report files are.
 
-Standard library only: the Snakefile imports it before any job runs. Nothing here may raise, so a
+Standard library and mimprobe.layout only: the Snakefile imports it before any job runs. Nothing here may raise, so a
 finished run never fails for want of a table to print.
 """
 
@@ -10,10 +10,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from ..layout import REPORT_DIR
+
 NOTHING_TO_DO = "Nothing to be done"  # Snakemake's message when every output is up to date
 
 
-def headline_message(report_dir: str | Path = "results/report") -> str:
+def headline_message(report_dir: str | Path = REPORT_DIR) -> str:
     report_dir = Path(report_dir)
     headline = report_dir / "headline.txt"
     try:
@@ -28,7 +30,7 @@ def headline_message(report_dir: str | Path = "results/report") -> str:
     ])
 
 
-def print_headline(report_dir: str | Path = "results/report") -> None:
+def print_headline(report_dir: str | Path = REPORT_DIR) -> None:
     try:
         print("\n" + headline_message(report_dir), flush=True)
     except Exception as err:  # printing is a courtesy: never fail a finished run over it
@@ -51,7 +53,7 @@ class _OnNothingToDo(logging.Handler):
 
 
 def print_headline_when_nothing_to_do(logger: logging.Logger, dry_run: Callable[[], bool],
-                                      report_dir: str | Path = "results/report") -> None:
+                                      report_dir: str | Path = REPORT_DIR) -> None:
     """Snakemake calls `onsuccess` only after jobs ran; when nothing needs to run it logs
     NOTHING_TO_DO and stops, so print the headline on that message too (not in a dry run, which
     logs the same message; `dry_run` is asked then, as Snakemake knows it only once it runs)."""

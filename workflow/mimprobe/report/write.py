@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..atomic import atomic_path
+from ..layout import EMBEDDINGS
 from . import maps, plots
 from .html import render_page
 from .markdown import render_markdown
@@ -50,7 +51,7 @@ def draw_all(table, payloads: list[dict], probe_jsons: list[Path], embeddings: P
     return confused
 
 
-def write_report(probe_jsons, out_dir, embeddings_dir="results/embeddings"):
+def write_report(probe_jsons, out_dir, embeddings_dir=EMBEDDINGS):
     """metrics.csv, the figures, metrics.md, headline.html, per_block.html and headline.txt in out_dir."""
     out_dir, paths = Path(out_dir), [Path(p) for p in probe_jsons]
     payloads = [json.loads(path.read_text()) for path in paths]
