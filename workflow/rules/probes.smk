@@ -1,4 +1,7 @@
 # One rule per probe family (probe_knn, probe_linear, ...), all running `mimprobe probe <family>`.
+# A GPU is asked for only where probes.device names one (auto computes on a GPU only if the job has one).
+PROBE_RESOURCES = {"gpu": 1} if config["probes"]["device"].startswith("cuda") else {}
+
 for family in PROBES:
 
     rule:
@@ -17,6 +20,10 @@ for family in PROBES:
             probe=as_json(probe_settings(family)),
             seed=config["seed"],
             bootstrap=config["report"]["bootstrap"],
+            device=config["probes"]["device"],
+        threads: 8
+        resources:
+            **PROBE_RESOURCES,
         conda:
             "../../envs/mimprobe.yaml"
         log:
@@ -27,4 +34,5 @@ for family in PROBES:
             "mimprobe probe {params.family} --store {params.store} --meta {input.meta}"
             " --out {output.metrics} --params {params.probe:q} --seed {params.seed}"
             " --bootstrap {params.bootstrap} --backbone {wildcards.backbone}"
-            " --dataset {wildcards.dataset} --verified {input.ok} > {log} 2>&1"
+            " --dataset {wildcards.dataset} --verified {input.ok} --device {params.device}"
+            " --threads {threads} > {log} 2>&1"
