@@ -9,9 +9,10 @@ The algorithm is sklearn's KMeans in torch, on the probe device: `n_init` runs f
 k-means++ seeds (2 + ln k candidates per centre, the one lowering the potential most is kept),
 Lloyd iterations until no label changes or the centres move less than 1e-4 of the mean feature
 variance (sklearn's `tol`), at most `max_iter`; the run with the lowest inertia wins. The runs go in
-lockstep, so each pass over the features serves all of them. Distances use bfloat16 products
-where the hardware has them (seeding and Lloyd steps); centres are float32 means, and float32
-Lloyd steps finish each run, so the result is a float32 fixed point.
+lockstep, so each pass over the features serves all of them. Distances use bfloat16 products where
+the hardware has them; in Lloyd steps a point whose two nearest centres are closer than the bf16
+error bound gets float32 distances, so labels are those of float32 k-means. Centres are float32
+means. Seeding samples with bf16 distances, so a GPU and a CPU may seed (and end) differently.
 
 Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = nearest centroid to normalise((x - mean) / std).
 """
@@ -41,13 +42,39 @@ class Points:
         fast = low and matmul_dtype("auto", x.device) == torch.bfloat16
         self.low = x.to(torch.bfloat16) if fast else None
 
-    def distances(self, centres: torch.Tensor, exact: bool = False) -> torch.Tensor:
-        """Squared distances (N, len(centres)), floored at 0."""
+    def distances(self, centres: torch.Tensor, exact: bool = False, rows=None) -> torch.Tensor:
+        """Squared distances (N, len(centres)) of all points (or of `rows`), floored at 0."""
+        x, squared = (self.x, self.squared) if rows is None else (self.x[rows], self.squared[rows])
         if exact or self.low is None:
-            products = matmul(self.x, centres.T)
+            products = matmul(x, centres.T)
         else:
-            products = (self.low @ centres.T.to(torch.bfloat16)).float()
-        return (self.squared[:, None] - 2 * products + centres.square().sum(1)).clamp_min_(0)
+            low = self.low if rows is None else self.low[rows]
+            products = (low @ centres.T.to(torch.bfloat16)).float()
+        return (squared[:, None] - 2 * products + centres.square().sum(1)).clamp_min_(0)
+
+    def nearest(self, centres: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest centre of every point (centres (runs, k, D) -> (runs, N)), as float32
+        distances decide it: bf16 distances where the two nearest differ by more than their error
+        bound, float32 ones for the points closer to a tie."""
+        runs, k, dim = centres.shape
+        flat = centres.reshape(-1, dim)
+        if self.low is None:
+            return self.distances(flat, exact=True).view(-1, runs, k).argmin(2).T
+        # |x|² is the same for every centre: rank by |c|² - 2 x·c
+        scores = torch.add(flat.square().sum(1), self.low @ flat.T.to(torch.bfloat16), alpha=-2).view(-1, runs, k)
+        labels = scores.argmin(2)
+        best = scores.amin(2)
+        second = scores.scatter_(2, labels[..., None], float("inf")).amin(2)
+        # |error| of a bf16 product x·c (inputs and output rounded, float32 sums) <= 4u |x| |c|, u = 2^-9;
+        # a score holds 2 x·c, and two scores are compared
+        bound = 16 * 2.0 ** -9 * self.squared.sqrt()[:, None] * centres.norm(dim=2).amax(1)
+        close = (second - best) <= bound  # (N, runs)
+        labels = labels.T.contiguous()
+        for run in range(runs):
+            rows = close[:, run].nonzero().flatten()
+            if len(rows):
+                labels[run, rows] = self.distances(centres[run], exact=True, rows=rows).argmin(1)
+        return labels
 
 
 def _seeds(points: Points, k: int, runs: int, rng: np.random.Generator) -> torch.Tensor:
@@ -81,17 +108,17 @@ def _means(points: Points, labels: torch.Tensor, centres: torch.Tensor) -> torch
     return means
 
 
-def _lloyd(points: Points, centres, labels, exact: bool, budget: int, tol: float, progress) -> int:
-    """Lloyd steps of every run (centres (runs, k, D), labels (runs, N), both updated in place) until
-    each has converged; returns the steps taken."""
-    runs, k, dim = centres.shape
+def _lloyd(points: Points, centres, max_iter: int, tol: float, progress):
+    """Lloyd steps of every run (centres (runs, k, D)) until each has converged: no label changed,
+    or the centres moved less than `tol` (summed squares). Returns (centres, labels (runs, N))."""
+    runs = len(centres)
+    centres, labels = centres.clone(), torch.full((runs, len(points.x)), -1, device=centres.device)
     active = list(range(runs))
-    for step in range(budget):
+    for step in range(max_iter):
         if not active:
-            return step
+            break
         progress(step)
-        distances = points.distances(centres[active].reshape(-1, dim), exact)
-        assigned = distances.view(len(points.x), len(active), k).argmin(2).T
+        assigned = points.nearest(centres[active])
         still = []
         for row, run in enumerate(active):
             unchanged = torch.equal(assigned[row], labels[run])
@@ -101,7 +128,7 @@ def _lloyd(points: Points, centres, labels, exact: bool, budget: int, tol: float
             if not unchanged and shift > tol:
                 still.append(run)
         active = still
-    return budget
+    return centres, labels
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
@@ -115,14 +142,9 @@ def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) ->
     points, k, runs, max_iter = Points(prepare(splits.train_all.x)), splits.num_classes, params["n_init"], params["max_iter"]
     progress.update(0.0, f"k-means++ seeds of {runs} runs")
     centres = points.x[_seeds(points, k, runs, np.random.default_rng(seed))]
-    labels = torch.full((runs, len(points.x)), -1, device=device)
     tol = TOL * float(total((points.x - points.x.mean(0)).square().mean(0))) / points.x.shape[1]
-
-    def step(phase):
-        return lambda i: progress.update(0.2 + 0.8 * min(i, max_iter) / max_iter, f"{phase} Lloyd step {i + 1}")
-
-    used = 0 if points.low is None else _lloyd(points, centres, labels, False, max_iter, tol, step("bf16"))
-    _lloyd(points, centres, labels, True, max(1, max_iter - used), tol, step("float32"))
+    centres, _ = _lloyd(points, centres, max_iter, tol,
+                        lambda i: progress.update(0.1 + 0.9 * i / max_iter, f"Lloyd step {i + 1} of at most {max_iter}"))
     inertia = [float(total(points.distances(c, exact=True).amin(1))) for c in centres]
     best = centres[int(np.argmin(inertia))]
     clusters = Points(prepare(splits.test.x), low=False).distances(best, exact=True).argmin(1)
