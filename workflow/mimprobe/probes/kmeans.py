@@ -9,10 +9,11 @@ The algorithm is sklearn's KMeans in torch, on the probe device: `n_init` runs f
 k-means++ seeds (2 + ln k candidates per centre, the one lowering the potential most is kept),
 Lloyd iterations until no label changes or the centres move less than 1e-4 of the mean feature
 variance (sklearn's `tol`), at most `max_iter`; the run with the lowest inertia wins. The runs go in
-lockstep, so each pass over the features serves all of them. Distances use bfloat16 products where
-the hardware has them; in Lloyd steps a point whose two nearest centres are closer than the bf16
-error bound gets float32 distances, so labels are those of float32 k-means. Centres are float32
-means. Seeding samples with bf16 distances, so a GPU and a CPU may seed (and end) differently.
+lockstep. Distances use bfloat16 products where the hardware has them; in Lloyd steps a point
+whose two nearest centres are closer than the bf16 error bound gets float32 distances, so labels
+are those of float32 k-means, and Hamerly's bounds skip the points whose label cannot change.
+Centres are float32 means. Seeding samples with bf16 distances, so a GPU and a CPU may seed (and
+end) differently.
 
 Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = nearest centroid to normalise((x - mean) / std).
 """
@@ -34,6 +35,10 @@ TOL = 1e-4  # sklearn's default, relative to the mean feature variance
 CPU = torch.device("cpu")
 
 
+BF16_ERROR = 8 * 2.0 ** -9  # |bf16 - exact| squared distance / (|x| |c|): inputs and output rounded, float32 sums
+EXACT_ERROR = 2.0 ** -12  # the same for float32 products (sums of up to ~10^4 terms)
+
+
 class Points:
     """The features in the precisions distances are computed in, with their squared norms."""
 
@@ -52,29 +57,33 @@ class Points:
             products = (low @ centres.T.to(torch.bfloat16)).float()
         return (squared[:, None] - 2 * products + centres.square().sum(1)).clamp_min_(0)
 
-    def nearest(self, centres: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest centre of every point (centres (runs, k, D) -> (runs, N)), as float32
-        distances decide it: bf16 distances where the two nearest differ by more than their error
-        bound, float32 ones for the points closer to a tie."""
-        runs, k, dim = centres.shape
-        flat = centres.reshape(-1, dim)
-        if self.low is None:
-            return self.distances(flat, exact=True).view(-1, runs, k).argmin(2).T
-        # |x|² is the same for every centre: rank by |c|² - 2 x·c
-        scores = torch.add(flat.square().sum(1), self.low @ flat.T.to(torch.bfloat16), alpha=-2).view(-1, runs, k)
-        labels = scores.argmin(2)
-        best = scores.amin(2)
-        second = scores.scatter_(2, labels[..., None], float("inf")).amin(2)
-        # |error| of a bf16 product x·c (inputs and output rounded, float32 sums) <= 4u |x| |c|, u = 2^-9;
-        # a score holds 2 x·c, and two scores are compared
-        bound = 16 * 2.0 ** -9 * self.squared.sqrt()[:, None] * centres.norm(dim=2).amax(1)
-        close = (second - best) <= bound  # (N, runs)
-        labels = labels.T.contiguous()
-        for run in range(runs):
-            rows = close[:, run].nonzero().flatten()
-            if len(rows):
-                labels[run, rows] = self.distances(centres[run], exact=True, rows=rows).argmin(1)
-        return labels
+    def nearest(self, centres: torch.Tensor, rows: torch.Tensor | None = None):
+        """(labels, upper, lower) of the points `rows` (all by default) for one run's centres (k, D):
+        the nearest centre as float32 distances decide it, an upper bound of the distance to it and
+        a lower bound of the distance to every other centre. Distances are bf16 products where the
+        hardware has them; points whose two nearest centres are within the bf16 error get float32."""
+        squared = self.squared if rows is None else self.squared[rows]
+        exact, reach = self.low is None, squared.sqrt() * centres.norm(dim=1).amax()
+        labels, best, second = self._two_nearest(centres, rows, exact)
+        error = (EXACT_ERROR if exact else BF16_ERROR) * reach
+        if not exact:
+            close = ((second - best) <= 2 * error).nonzero().flatten()
+            if len(close):
+                labels[close], best[close], second[close] = self._two_nearest(
+                    centres, close if rows is None else rows[close], True)
+                error[close] = EXACT_ERROR * reach[close]
+        return labels, (squared + best + error).clamp_min(0).sqrt(), (squared + second - error).clamp_min(0).sqrt()
+
+    def _two_nearest(self, centres, rows, exact: bool):
+        """Nearest centre, and |c|² - 2 x·c of the nearest and of the second nearest."""
+        if exact:
+            products = matmul(self.x if rows is None else self.x[rows], centres.T)
+        else:
+            products = ((self.low if rows is None else self.low[rows]) @ centres.T.to(torch.bfloat16)).float()
+        scores = torch.add(centres.square().sum(1), products, alpha=-2)
+        labels = scores.argmin(1)
+        best = scores.gather(1, labels[:, None])[:, 0]
+        return labels, best, scores.scatter_(1, labels[:, None], float("inf")).amin(1)
 
 
 def _seeds(points: Points, k: int, runs: int, rng: np.random.Generator) -> torch.Tensor:
@@ -95,38 +104,72 @@ def _seeds(points: Points, k: int, runs: int, rng: np.random.Generator) -> torch
     return torch.as_tensor(np.stack(seeds, 1), device=points.x.device)
 
 
-def _means(points: Points, labels: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """The mean of each cluster; an empty cluster takes the point farthest from its centre."""
-    sums = torch.zeros_like(centres).index_add_(0, labels, points.x)
-    counts = torch.zeros(len(centres), device=centres.device).index_add_(
-        0, labels, torch.ones(len(labels), device=centres.device))
-    means = sums / counts.clamp_min(1)[:, None]
-    empty = (counts == 0).nonzero().flatten()
-    if len(empty):
-        own = points.distances(centres, exact=True).gather(1, labels[:, None])[:, 0]
-        means[empty] = points.x[own.topk(len(empty)).indices]
-    return means
+class Clusters:
+    """Per-cluster sums and counts of one run's labels, updated by the points that change cluster."""
+
+    def __init__(self, points: Points, labels: torch.Tensor, k: int):
+        self.points, self.k = points, k
+        self.sums = self._sums(labels, points.x)
+        self.counts = torch.bincount(labels, minlength=k)
+
+    def _sums(self, labels, x):
+        if labels.device.type == "cuda":  # a product: index_add_'s atomics would add in a varying order
+            return F.one_hot(labels, self.k).T.float() @ x
+        return torch.zeros(self.k, x.shape[1], device=x.device).index_add_(0, labels, x)
+
+    def move(self, rows, old, new):
+        x = self.points.x[rows]
+        self.sums += self._sums(new, x) - self._sums(old, x)
+        self.counts += torch.bincount(new, minlength=self.k) - torch.bincount(old, minlength=self.k)
+
+    def means(self, centres: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The mean of each cluster; an empty cluster takes the point farthest from its centre."""
+        means = self.sums / self.counts.clamp_min(1)[:, None]
+        empty = (self.counts == 0).nonzero().flatten()
+        if len(empty):
+            own = self.points.distances(centres, exact=True).gather(1, labels[:, None])[:, 0]
+            means[empty] = self.points.x[own.topk(len(empty)).indices]
+        return means
 
 
 def _lloyd(points: Points, centres, max_iter: int, tol: float, progress):
-    """Lloyd steps of every run (centres (runs, k, D)) until each has converged: no label changed,
-    or the centres moved less than `tol` (summed squares). Returns (centres, labels (runs, N))."""
-    runs = len(centres)
-    centres, labels = centres.clone(), torch.full((runs, len(points.x)), -1, device=centres.device)
+    """Lloyd iterations of every run (centres (runs, k, D)) until each has converged: no label
+    changed, or the centres moved less than `tol` (summed squares). Hamerly's bounds skip the
+    points whose nearest centre cannot have changed: an upper bound of the distance to their own
+    centre and a lower bound of the distance to any other, moved by how far the centres moved.
+    Returns (centres, labels (runs, N))."""
+    runs, k, _ = centres.shape
+    centres = centres.clone()
+    labels, upper, lower = (torch.stack(parts) for parts in zip(*(points.nearest(c) for c in centres)))
+    clusters = [Clusters(points, labels[run], k) for run in range(runs)]
     active = list(range(runs))
     for step in range(max_iter):
         if not active:
             break
         progress(step)
-        assigned = points.nearest(centres[active])
         still = []
-        for row, run in enumerate(active):
-            unchanged = torch.equal(assigned[row], labels[run])
-            means = _means(points, assigned[row], centres[run])
-            shift = float(total((means - centres[run]).square()))
-            centres[run], labels[run] = means, assigned[row]
-            if not unchanged and shift > tol:
+        for run in active:
+            means = clusters[run].means(centres[run], labels[run])
+            moved = (means - centres[run]).norm(dim=1)
+            centres[run] = means
+            if float(total(moved.square())) <= tol:
+                continue
+            largest = moved.topk(min(2, k)).values
+            upper[run] += moved[labels[run]]
+            lower[run] -= torch.where(labels[run] == moved.argmax(), largest[-1], largest[0])
+            need = (upper[run] > lower[run]).nonzero().flatten()
+            if 2 * len(need) > len(points.x):  # most points: one product without gathering rows
+                need = torch.arange(len(points.x), device=need.device)
+                new, upper[run], lower[run] = points.nearest(centres[run])
+            elif len(need):
+                new, upper[run, need], lower[run, need] = points.nearest(centres[run], need)
+            else:
+                continue
+            changed = (new != labels[run, need]).nonzero().flatten()
+            if len(changed):
                 still.append(run)
+                clusters[run].move(need[changed], labels[run, need[changed]], new[changed])
+                labels[run, need[changed]] = new[changed]
         active = still
     return centres, labels
 

@@ -13,8 +13,8 @@ SGD momentum 0.9, no weight decay, linear warm-up then cosine decay, learning ra
 images and scaled by batch_size / 256 (DINOv2's rule, so a larger batch keeps their meaning);
 products in bfloat16 where the CPU/GPU has it (weights, BatchNorm statistics and momentum in
 float32). Each head's learning rate is folded into its gradient columns before the weight product,
-so one update of all weights at once (momentum, step, bf16 copy: three passes over flat buffers)
-serves every head. BatchNorm statistics are explicit per-feature means (torch's training-mode
+so one update of all weights at once (momentum, step, bf16 copy: a few passes over flat, reused
+buffers) serves every head. BatchNorm statistics are explicit per-feature means (torch's training-mode
 batch_norm sums differently per thread count). Per record the head with the best final validation
 top-1 wins; no refit (train minus validation is the training set). On a GPU the cached features
 stay on the device when they fit in half its free memory, else batches are copied to it.
@@ -86,6 +86,9 @@ class Grid:
         exact = dtype == torch.float32
         self.flat_low = self.flat if exact else self.flat.to(dtype)
         self.flat_grad = torch.empty_like(self.flat_low)
+        # a float32 copy of the gradient written into a buffer: a fresh tensor of this size would be
+        # fresh pages from the kernel at every step (bf16 -> float32 then costs 5x the copy itself)
+        self.flat_grad32 = self.flat_grad if exact else torch.empty_like(self.flat)
         views = lambda flat: {a: part.view(shapes[a]) for a, part in zip(dims, flat.split(sizes))}  # noqa: E731
         self.weight, self.weight_low, self.grad = views(self.flat), views(self.flat_low), views(self.flat_grad)
         self.bias = torch.zeros(len(head_arrays), num_classes, device=device)
@@ -106,7 +109,8 @@ class Grid:
         for a in self.arrays:
             x = batch[a].to(self.device, torch.float32, non_blocking=True, copy=True)
             if training:
-                var, mean = torch.var_mean(x, 0, correction=0)
+                mean = x.mean(0)
+                var = (x - mean).square_().mean(0)
                 n = len(x)
                 self.mean[a].lerp_(mean, BN_MOMENTUM)
                 self.var[a].lerp_(var * (n / (n - 1)), BN_MOMENTUM)
@@ -138,7 +142,9 @@ class Grid:
         for a in self.arrays:
             columns = low if len(self.users[a]) == low.shape[1] else low[:, self.users[a]]
             self._product(z[a].T, columns.reshape(len(y), -1), out=self.grad[a])
-        torch.add(self.flat_grad, self.velocity, alpha=MOMENTUM, out=self.velocity)
+        if self.flat_grad32 is not self.flat_grad:
+            self.flat_grad32.copy_(self.flat_grad)
+        torch.add(self.flat_grad32, self.velocity, alpha=MOMENTUM, out=self.velocity)
         self.flat.sub_(self.velocity, alpha=scale)
         if self.flat_low is not self.flat:
             self.flat_low.copy_(self.flat)

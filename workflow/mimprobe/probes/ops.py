@@ -27,8 +27,11 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     extra_rows, extra_columns = max(0, ROWS - rows), -columns % COLUMNS
     if not extra_rows and not extra_columns:
         return a @ b
-    out = F.pad(a, (0, 0, 0, extra_rows)) @ F.pad(b, (0, extra_columns))
-    return out[:rows, :columns]
+    if extra_rows:
+        a = F.pad(a, (0, 0, 0, extra_rows))
+    if extra_columns:  # a transposed b is padded as stored (rows), not through a strided copy
+        b = F.pad(b.T, (0, 0, 0, extra_columns)).T if b.T.is_contiguous() else F.pad(b, (0, extra_columns))
+    return (a @ b)[:rows, :columns]
 
 
 def total(t: torch.Tensor) -> torch.Tensor:
