@@ -134,6 +134,24 @@ def _outcomes(module, root, meta, params: dict, seed: int, verified: dict | None
     return outcomes
 
 
+def keep_freed_memory() -> None:
+    """Make glibc keep freed memory for the next tensor instead of returning it to the kernel.
+
+    glibc serves allocations above 32 MB with fresh mmapped pages and unmaps them on free, so every
+    large temporary (a block of similarities, a padded product) is page-faulted anew: measured here,
+    up to a quarter of a kNN or float32 L-BFGS run. A probe job is one process whose peak memory is
+    reached early anyway, so it keeps its heap. Elsewhere than glibc this does nothing."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
 @contextmanager
 def cpu_threads(threads: int):
     """torch, BLAS and OpenMP pools limited to `threads` (0: leave them as they are)."""
@@ -165,6 +183,7 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     labels = read_labels(root, "test", verified)
     block_names = dict(zip(root.attrs["blocks"], root.attrs["block_names"]))
     timing = {"load_s": 0.0, "fit_s": 0.0, "bootstrap_s": 0.0}
+    keep_freed_memory()
     with cpu_threads(threads), hold_device(device, key="probes.device") as compute:
         start = time.perf_counter()
         outcomes = _outcomes(module, root, meta, params, seed, verified, compute, family, timing)
