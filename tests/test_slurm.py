@@ -45,7 +45,9 @@ def test_gpu_profile_asks_one_gpu_per_embedding_job_and_cpus_for_probes(tmp_path
     assert "--gpus=1" in embed and "--cpus-per-gpu=8" in embed
     assert "--mem 32000" in embed and "-t 30" in embed
     linear = sbatch_call(planned["probe_linear"])
-    assert "--gpus" not in linear and "--cpus-per-task=8" in linear and "-t 120" in linear
+    # probe CPUs are the rule's threads (8), capped here by the dry run's --cores 2
+    assert planned["probe_linear"]["threads"] == 2
+    assert "--gpus" not in linear and "--cpus-per-task=2" in linear and "-t 120" in linear
 
 
 def test_cpu_profile_asks_no_gpu(tmp_path):

@@ -184,10 +184,11 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     block_names = dict(zip(root.attrs["blocks"], root.attrs["block_names"]))
     timing = {"load_s": 0.0, "fit_s": 0.0, "bootstrap_s": 0.0}
     keep_freed_memory()
-    with cpu_threads(threads), hold_device(device, key="probes.device") as compute:
-        start = time.perf_counter()
-        outcomes = _outcomes(module, root, meta, params, seed, verified, compute, family, timing)
-        timing["fit_s"] = time.perf_counter() - start - timing["load_s"]
+    with cpu_threads(threads):
+        with hold_device(device, key="probes.device") as compute:  # the GPU is free again for scoring
+            start = time.perf_counter()
+            outcomes = _outcomes(module, root, meta, params, seed, verified, compute, family, timing)
+            timing["fit_s"] = time.perf_counter() - start - timing["load_s"]
         start = time.perf_counter()
         results, predictions, heads = _score(outcomes, labels, meta, block_names, resamples, seed)
         timing["bootstrap_s"] = time.perf_counter() - start

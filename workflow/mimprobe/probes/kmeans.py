@@ -8,12 +8,13 @@ resamples (AMI costs ~0.2 s per 10,000-image resample). No hyper-parameters, so 
 The algorithm is sklearn's KMeans in torch, on the probe device: `n_init` runs from greedy
 k-means++ seeds (2 + ln k candidates per centre, the one lowering the potential most is kept),
 Lloyd iterations until no label changes or the centres move less than 1e-4 of the mean feature
-variance (sklearn's `tol`), at most `max_iter`; the run with the lowest inertia wins. The runs go in
-lockstep. Distances use bfloat16 products where the hardware has them; in Lloyd steps a point
-whose two nearest centres are closer than the bf16 error bound gets float32 distances, so labels
-are those of float32 k-means, and Hamerly's bounds skip the points whose label cannot change.
-Centres are float32 means. Seeding samples with bf16 distances, so a GPU and a CPU may seed (and
-end) differently.
+variance (sklearn's `tol`), at most `max_iter`; the run with the lowest inertia wins. The runs are
+seeded together (a pass over the features serves every run). Distances use bfloat16 products where
+the hardware has them; in Lloyd steps a point whose two nearest centres are closer than the bf16
+error bound gets float32 distances, so labels are those of float32 k-means, and Hamerly's bounds
+skip the points whose label cannot change.
+Centres are float32 means of sums kept up to date by the points that change cluster. Seeding
+samples with bf16 distances, so a GPU and a CPU may seed (and end) differently.
 
 Head format: {mean (D,), std (D,), centroids (k, D)}; cluster = nearest centroid to normalise((x - mean) / std).
 """
@@ -33,8 +34,6 @@ from .progress import SILENT
 DEFAULTS = {"n_init": 3, "max_iter": 100, "max_bootstrap": 200}
 TOL = 1e-4  # sklearn's default, relative to the mean feature variance
 CPU = torch.device("cpu")
-
-
 BF16_ERROR = 8 * 2.0 ** -9  # |bf16 - exact| squared distance / (|x| |c|): inputs and output rounded, float32 sums
 EXACT_ERROR = 2.0 ** -12  # the same for float32 products (sums of up to ~10^4 terms)
 

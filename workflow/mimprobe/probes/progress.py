@@ -43,8 +43,8 @@ class Progress:
         elapsed = now - self.started
         eta = f"ETA {duration(elapsed * (1 - overall) / overall)}" if overall > 0 else "ETA unknown"
         unit = f" [{self.done + 1}/{self.units}]" if self.units > 1 else ""
-        detail = f", {detail}" if detail else ""
-        print(f"{self.family}{unit} {self.label}{detail}: {100 * overall:.0f}% after {duration(elapsed)}, {eta}",
+        what = ", ".join(part for part in (self.label, detail) if part)
+        print(f"{self.family}{unit} {what}: {100 * overall:.0f}% after {duration(elapsed)}, {eta}",
               file=self.stream or sys.stderr, flush=True)
 
     def finish_unit(self) -> None:
