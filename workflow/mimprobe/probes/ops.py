@@ -35,13 +35,16 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def total(t: torch.Tensor) -> torch.Tensor:
-    """Sum of every entry (0-d, float32 accumulation at least), independent of the thread count."""
+    """Sum of every entry (0-d, float32 accumulation at least), independent of the thread count:
+    rows of WIDTH entries summed column by column, then the WIDTH column sums and the rest."""
     flat = t.reshape(-1)
     if flat.dtype != torch.float64:
         flat = flat.float()
-    if flat.numel() > WIDTH:
-        flat = F.pad(flat, (0, -flat.numel() % WIDTH)).view(-1, WIDTH).sum(0)
-    return flat.sum()
+    whole = flat.numel() - flat.numel() % WIDTH
+    if not whole:
+        return flat.sum()
+    columns = flat[:whole].view(-1, WIDTH).sum(0).sum()
+    return columns + flat[whole:].sum() if whole < flat.numel() else columns
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
