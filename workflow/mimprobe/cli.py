@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--verified", help="check_store's summary (.ok.json): every array read is checked against it")
-    p.add_argument("--device", default="cpu", help="probes.device: auto, cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", default="auto", help="probes.device: auto (the GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch, BLAS and OpenMP (0: torch's default); results do not depend on it")
     p.set_defaults(run=cmd_probe)

@@ -170,7 +170,7 @@ def cpu_threads(threads: int):
 
 
 def run_family(family: str, module, store_path, meta_path, out_json, params: dict, seed: int,
-               resamples: int, context: dict, verified: dict | None = None, device: str = "cpu",
+               resamples: int, context: dict, verified: dict | None = None, device: str = "auto",
                threads: int = 0) -> dict:
     """Run a family on the stored features and write its JSON, predictions and heads.
 
@@ -185,7 +185,7 @@ def run_family(family: str, module, store_path, meta_path, out_json, params: dic
     timing = {"load_s": 0.0, "fit_s": 0.0, "bootstrap_s": 0.0}
     keep_freed_memory()
     with cpu_threads(threads):
-        with hold_device(device, key="probes.device") as compute:  # the GPU is free again for scoring
+        with hold_device(device, key="probes.device") as compute:  # let go before scoring
             start = time.perf_counter()
             outcomes = _outcomes(module, root, meta, params, seed, verified, compute, family, timing)
             timing["fit_s"] = time.perf_counter() - start - timing["load_s"]

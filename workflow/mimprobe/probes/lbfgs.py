@@ -28,11 +28,11 @@ class Design:
     fast_t: torch.Tensor | None = None  # its transpose, contiguous
 
     @classmethod
-    def of(cls, x, precision: str = "float32", device=None) -> "Design":
+    def of(cls, x, precision: str = "float32") -> "Design":
         """`precision`: 'float32', 'bfloat16', or 'auto' (bfloat16 where the hardware multiplies it faster)."""
         if isinstance(x, Design):
             return x
-        x = torch.as_tensor(x, dtype=torch.float32, device=device)
+        x = torch.as_tensor(x, dtype=torch.float32)
         if matmul_dtype(precision, x.device) != torch.bfloat16:
             return cls(x)
         fast = x.to(torch.bfloat16)

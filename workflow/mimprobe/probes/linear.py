@@ -89,7 +89,9 @@ class Grid:
         # a float32 copy of the gradient written into a buffer: a fresh tensor of this size would be
         # fresh pages from the kernel at every step (bf16 -> float32 then costs 5x the copy itself)
         self.flat_grad32 = self.flat_grad if exact else torch.empty_like(self.flat)
-        views = lambda flat: {a: part.view(shapes[a]) for a, part in zip(dims, flat.split(sizes))}  # noqa: E731
+        def views(flat):
+            return {a: part.view(shapes[a]) for a, part in zip(dims, flat.split(sizes))}
+
         self.weight, self.weight_low, self.grad = views(self.flat), views(self.flat_low), views(self.flat_grad)
         self.bias = torch.zeros(len(head_arrays), num_classes, device=device)
         self.bias_velocity = torch.zeros_like(self.bias)

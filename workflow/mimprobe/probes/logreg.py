@@ -46,7 +46,6 @@ def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) ->
     best_c, val_scores, fits = sweep_c(fit_c, lambda s: top1(x_val, y_val, s), params["c_values"],
                                        params["refine_steps"], report)
     progress.update(1 - 1 / (len(fits) + 1), f"C={best_c:.3g} refit on all of train")
-    del design, x, x_val
     mean_all, std_all = standardizer(splits.train_all.x)
     x_all, y_all = tensors(splits.train_all, mean_all, std_all, device)
     final = fit_l2_linear(Design.of(x_all, params["precision"]), y_all, k, best_c, "logistic", fits[best_c],
