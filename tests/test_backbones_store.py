@@ -11,6 +11,7 @@ from mimprobe import extract
 from mimprobe.backbones import create_backbone
 from mimprobe.config import validate_config
 from mimprobe.errors import DataError, MimprobeError
+from mimprobe.plan import store_layout
 from mimprobe.extract import embed_shards, init_store
 from mimprobe.shardfile import read_shard
 from mimprobe.shards import prepare_shards
@@ -48,13 +49,6 @@ def test_mim_refiner_without_local_weights_file_fails_clearly(tmp_path):
         create_backbone("mim_refiner:mae_refined_l16", weights=str(tmp_path / "maerefined_l16.th"))
 
 
-def layout_of(dataset: dict) -> dict:
-    """The store layout the workflow plans for a dataset entry."""
-    from mimprobe.plan import image_shape, split_sizes
-
-    return {"sizes": split_sizes(dataset), "shard_size": dataset["shard_size"], "image_shape": image_shape(dataset)}
-
-
 def small_store(tmp_path, model: str, batch_size: int, **features):
     """Digits in shards of 16 (train 0-1, test 0) and a store chunked every 4 rows; returns it and
     a function that embeds one shard (and returns its flag path)."""
@@ -66,7 +60,7 @@ def small_store(tmp_path, model: str, batch_size: int, **features):
     prepare_shards(config["datasets"]["digits"], tmp_path / "shards", 0)
     store = tmp_path / "b.zarr"
     backbone_cfg, features = config["backbones"]["b"], config["features"]
-    init_store(store, layout_of(config["datasets"]["digits"]), backbone_cfg, features, 0)
+    init_store(store, store_layout(config["datasets"]["digits"]), backbone_cfg, features, 0)
 
     def embed(*names: str) -> Path:
         """Embed shards in one job; its flag sits where the workflow keeps flags (b.chunks/)."""
@@ -202,7 +196,7 @@ def test_cpu_bfloat16_opt_in_stores_features_close_to_float32(tmp_path):
 
     meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", 0)
     features = backbone_features(config, "vit")
-    init_store(tmp_path / "vit.zarr", layout_of(config["datasets"]["digits"]), config["backbones"]["vit"], features, 0)
+    init_store(tmp_path / "vit.zarr", store_layout(config["datasets"]["digits"]), config["backbones"]["vit"], features, 0)
     record = embed_shards(tmp_path / "vit.zarr", [tmp_path / "shards/train-0000.npz"], tmp_path / "flag.json",
                           config["backbones"]["vit"], features, 0)
     assert record["dtype"] == "bfloat16" and list(meta["shards"])[0] == "train-0000"

@@ -230,7 +230,9 @@ def test_nan_written_into_a_verified_store_stops_the_probes(concurrent_run, tmp_
     workdir = copy_run(concurrent_run[0], tmp_path / "run")
     array = zarr.open_group(str(workdir / STORE), mode="r+")["test/flat/b000"]
     array[5, 7] = np.nan
-    snakemake_fails(workdir, pixels_config(), "logs/probe_linear/pixels/digits.log",
+    config = pixels_config()
+    config["probes"] = {family: {"enabled": family == "linear"} for family in ("knn", "linear")}
+    snakemake_fails(workdir, config, "logs/probe_linear/pixels/digits.log",
                     "test/flat/b000: rows 0:32 changed since check_store verified them", "lane-004.json", "rerun")
 
 

@@ -194,11 +194,11 @@ def test_token_grids_as_row_views_give_the_same_fit_as_copies(family):
 
 
 def test_auto_precision_falls_back_to_float32_on_cpus_without_bf16(monkeypatch):
-    from mimprobe.probes import linear as linear_module
+    from mimprobe.probes import ops
     from mimprobe.probes.lbfgs import Design
 
-    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: False)
-    assert linear_module.matmul_dtype("auto") == torch.float32
+    monkeypatch.setattr(ops, "cpu_has_fast_bf16", lambda: False)
+    assert ops.matmul_dtype("auto") == torch.float32
     assert Design.of(torch.ones(3, 2), "auto").fast is None
-    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(ops, "cpu_has_fast_bf16", lambda: True)
     assert Design.of(torch.ones(3, 2), "auto").fast.dtype == torch.bfloat16

@@ -61,3 +61,12 @@ def test_results_carry_histories_heads_and_predictions(all_probes_run):
 
         stored = np.load(handle)
         assert stored["labels"].shape == (128,) and len(stored.files) == 1 + 4 * 2  # (2 blocks x cls, mean) x 2 shots
+
+
+def test_probe_jobs_use_the_rules_threads_and_log_progress(all_probes_run):
+    for family in ("knn", "linear", "logreg", "kmeans"):
+        payload = json.loads((all_probes_run / f"results/probes/random_vit/digits/{family}.json").read_text())
+        assert payload["compute"] == {"device": "cpu", "threads": 2}  # threads: 8, capped by --cores 2
+        assert set(payload["timing"]) == {"load_s", "fit_s", "bootstrap_s"}
+        log = (all_probes_run / f"logs/probe_{family}/random_vit/digits.log").read_text()
+        assert f"{family} " in log and "ETA" in log and "\r" not in log

@@ -20,8 +20,11 @@ def planned_resources(workdir, profile: str) -> dict[str, dict]:
     out = run_snakemake(workdir, REPO / "config" / "demo.yaml", "-n", "--profile", str(REPO / "profiles" / profile))
     text = out.stdout + out.stderr
     planned = {}
-    for rule, line in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", text, re.M):
+    for rule, block in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", text, re.M):
+        line = re.search(r"^    resources: (.*)$", block, re.M).group(1)
         values = dict(item.split("=", 1) for item in line.split(", "))
+        threads = re.search(r"^    threads: (\d+)$", block, re.M)
+        values["threads"] = threads.group(1) if threads else "1"
         planned[rule] = Resources({k: int(v) if v.isdigit() else v for k, v in values.items()})
     return planned
 
@@ -30,7 +33,7 @@ def sbatch_call(resources: Resources) -> str:
     from snakemake_executor_plugin_slurm.submit_string import get_submit_command
     from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-    job = SimpleNamespace(resources=resources, threads=1)
+    job = SimpleNamespace(resources=resources, threads=resources["threads"])
     params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "x", "account": "", "partition": "",
               "workdir": "."}
     return get_submit_command(job, params) + set_gres_string(job)
@@ -42,7 +45,9 @@ def test_gpu_profile_asks_one_gpu_per_embedding_job_and_cpus_for_probes(tmp_path
     assert "--gpus=1" in embed and "--cpus-per-gpu=8" in embed
     assert "--mem 32000" in embed and "-t 30" in embed
     linear = sbatch_call(planned["probe_linear"])
-    assert "--gpus" not in linear and "--cpus-per-task=8" in linear and "-t 120" in linear
+    # probe CPUs are the rule's threads (8), capped here by the dry run's --cores 2
+    assert planned["probe_linear"]["threads"] == 2
+    assert "--gpus" not in linear and "--cpus-per-task=2" in linear and "-t 120" in linear
 
 
 def test_cpu_profile_asks_no_gpu(tmp_path):

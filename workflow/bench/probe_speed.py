@@ -11,14 +11,28 @@
 (c) CIFAR-10 subset (5,000 train + 2,000 test real images) through EfficientNet-Lite0 (pre_logits,
     224 px; features cached in results/bench/): our logreg, linear and kNN beside sklearn's.
 
+(store) With --store/--meta: every family of a study config (default config/config.yaml, schema
+    defaults filled in) on a real feature store, each through `mimprobe probe` in its own process,
+    on --device, for each of --threads; --blocks keeps only those stored blocks (a symlinked view of
+    the store). With --baseline PATH (another checkout's `workflow/` folder) the same runs with that
+    code come first, in the same session, and the table gives both and the speed-up. Bootstrap off
+    unless --bootstrap. Writes results/bench/probe_speed_store.json.
+
 Usage: python workflow/bench/probe_speed.py [cifar10-jpeg-subset.npz] [--parts abc] [--threads 2]
+       python workflow/bench/probe_speed.py --store S.zarr --meta meta.json [--device cuda]
+           [--threads 1 2] [--blocks 23] [--families knn linear] [--baseline ../main/workflow]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,12 +181,121 @@ def part_c(npz: Path) -> dict:
             "sklearn_knn_test_top1": float(sk_knn.score(unit(splits.test.x), splits.test.y))}
 
 
+def store_view(store: Path, blocks: list[int], folder: Path) -> Path:
+    """A store holding only `blocks`: the root metadata rewritten, every array a symlink."""
+    view = folder / store.name
+    root = json.loads((store / "zarr.json").read_text())
+    attrs = root["attributes"]
+    keep = [i for i, b in enumerate(attrs["blocks"]) if b in blocks]
+    attrs["blocks"] = [attrs["blocks"][i] for i in keep]
+    attrs["block_names"] = [attrs["block_names"][i] for i in keep]
+    attrs["arrays"] = {name: shape for name, shape in attrs["arrays"].items() if int(name.split("/b")[1]) in blocks}
+    view.mkdir(parents=True)
+    (view / "zarr.json").write_text(json.dumps(root))
+    for split in (d for d in store.iterdir() if d.is_dir()):
+        (view / split.name).mkdir()
+        shutil.copy(split / "zarr.json", view / split.name / "zarr.json")
+        for member in (m for m in split.iterdir() if m.is_dir()):
+            if member.name not in attrs["poolings"]:  # labels
+                (view / split.name / member.name).symlink_to(member.resolve())
+                continue
+            (view / split.name / member.name).mkdir()
+            shutil.copy(member / "zarr.json", view / split.name / member.name / "zarr.json")
+            for block in attrs["blocks"]:
+                (view / split.name / member.name / f"b{block:03d}").symlink_to((member / f"b{block:03d}").resolve())
+    return view
+
+
+def best_test(payload: dict) -> tuple[str, float]:
+    """(setting, test value) of the record best on validation (k-means: the only one, acc)."""
+    best = max(payload["results"], key=lambda r: max(r["validation"].values(), default=0.0))
+    metric, stat = next(iter(best["test"].items()))
+    return f"b{best['block']} {best['pooling']} {best['setting']} {metric}", round(stat["value"], 4)
+
+
+def run_probe(code: Path, family: str, params: dict, store: Path, meta: Path, out: Path, threads: int,
+              device: str | None, bootstrap: int) -> dict:
+    """`mimprobe probe` of the checkout at `code` in a fresh process; wall seconds and its JSON."""
+    env = os.environ | {"PYTHONPATH": str(code)} | {v: str(threads) for v in (
+        "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    command = [sys.executable, "-m", "mimprobe.cli", "probe", family, "--store", str(store), "--meta", str(meta),
+               "--out", str(out), "--params", json.dumps(params), "--seed", "0", "--bootstrap", str(bootstrap),
+               "--backbone", "bench", "--dataset", "bench"]
+    if device is not None:  # a checkout without --device/--threads runs on the CPU with OMP_NUM_THREADS
+        command += ["--device", device, "--threads", str(threads)]
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode:
+        raise SystemExit(f"{family} ({code}) failed:\n{done.stderr[-3000:]}")
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    payload = json.loads(out.read_text())
+    setting, value = best_test(payload)
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "core_min": round(cpu / 60, 2),
+            "timing": payload.get("timing"), "best": setting, "test": value}
+
+
+def part_store(args) -> dict:
+    from mimprobe.config import load_config
+    from mimprobe.probes import enabled_families
+
+    config = load_config(args.config)
+    families = args.families or enabled_families(config)
+    code = {"ours": Path(__file__).resolve().parents[1]}
+    if args.baseline:
+        code = {"baseline": Path(args.baseline).resolve()} | code
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = store_view(Path(args.store), args.blocks, Path(tmp)) if args.blocks else Path(args.store)
+        for family in families:
+            params = {k: v for k, v in config["probes"][family].items() if k != "enabled"}
+            for threads in args.threads:
+                row = {"family": family, "threads": threads, "device": args.device}
+                for name, path in code.items():
+                    out = Path(tmp) / name / str(threads) / f"{family}.json"
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    row[name] = run_probe(path, family, params, store, Path(args.meta), out, threads,
+                                          args.device if name == "ours" else None, args.bootstrap)
+                    print(f"  {family} {threads} thread(s) {name}: {row[name]}", flush=True)
+                if "baseline" in row:
+                    row["speedup"] = round(row["baseline"]["cpu_s"] / row["ours"]["cpu_s"], 2)
+                rows.append(row)
+    arrays = f"blocks {args.blocks}" if args.blocks else "every stored block"
+    print(f"\nstore {args.store} ({arrays}), device {args.device}, bootstrap {args.bootstrap}")
+    print("CPU seconds (user + system, all threads) measure the work whatever else runs on the machine;"
+          " wall seconds do not.")
+    print(f"{'family':9s} {'threads':>7s} {'base cpu s':>10s} {'ours cpu s':>10s} {'speed-up':>8s} {'base wall':>9s}"
+          f" {'ours wall':>9s} {'fit s':>7s} {'load s':>7s}  best on validation -> test (baseline | ours)")
+    for r in rows:
+        base, ours = r.get("baseline", {}), r["ours"]
+        print(f"{r['family']:9s} {r['threads']:7d} {base.get('cpu_s', '-'):>10} {ours['cpu_s']:10.1f}"
+              f" {r.get('speedup', '-'):>8} {base.get('wall_s', '-'):>9} {ours['wall_s']:9.1f}"
+              f" {ours['timing']['fit_s']:7.1f} {ours['timing']['load_s']:7.1f}"
+              f"  {base.get('test', '-')} | {ours['best']} {ours['test']}")
+    return {"store": str(args.store), "blocks": args.blocks or "all", "device": args.device,
+            "bootstrap": args.bootstrap, "cpu_count": os.cpu_count(), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cifar", nargs="?", default="../shared/data/cifar10-jpeg-subset.npz")
     parser.add_argument("--parts", default="abc")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--store", help="a feature store (.zarr): time every family of --config on it")
+    parser.add_argument("--meta", help="the store's dataset meta.json")
+    parser.add_argument("--device", default="cpu", help="probes.device for the store runs (cpu, cuda, ...)")
+    parser.add_argument("--blocks", type=int, nargs="+", help="only these stored blocks")
+    parser.add_argument("--families", nargs="+", help="default: those the config enables")
+    parser.add_argument("--config", default="config/config.yaml")
+    parser.add_argument("--bootstrap", type=int, default=0)
+    parser.add_argument("--baseline", help="another checkout's workflow/ folder to time first, for comparison")
     args = parser.parse_args()
+    if args.store:
+        OUT.mkdir(parents=True, exist_ok=True)
+        result = part_store(args)
+        (OUT / "probe_speed_store.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    args.threads = args.threads[0]
     torch.set_num_threads(args.threads)
     path = OUT / "probe_speed.json"
     result = json.loads(path.read_text()) if path.exists() else {}

@@ -85,7 +85,7 @@ def cmd_probe(args):
     context = {"backbone": args.backbone, "dataset": args.dataset}
     verified = json.loads(open(args.verified).read()) if args.verified else None
     payload = run_family(args.family, module, args.store, args.meta, args.out, args.params, args.seed,
-                         args.bootstrap, context, verified)
+                         args.bootstrap, context, verified, args.device, args.threads)
     where = f"{args.family} on {args.backbone}/{args.dataset}"
     if not payload["results"]:
         reads = getattr(module, "POOLINGS", None)
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--verified", help="check_store's summary (.ok.json): every array read is checked against it")
+    p.add_argument("--device", default="auto", help="probes.device: auto (the GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch, BLAS and OpenMP (0: torch's default); results do not depend on it")
     p.set_defaults(run=cmd_probe)
 
     p = verbs.add_parser("report", help="aggregate probe results into tables and plots")

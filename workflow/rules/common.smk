@@ -14,7 +14,8 @@ from mimprobe import layout
 from mimprobe.config import backbone_features, validate_config
 from mimprobe.datasets import KINDS, kind_of
 from mimprobe.errors import MimprobeError
-from mimprobe.plan import image_shape, lanes, shard_names, shard_sources, split_sizes
+from mimprobe.plan import lanes, shard_names, shard_sources, split_sizes
+from mimprobe.plan import store_layout as plan_store_layout
 from mimprobe.probes import enabled_families
 from mimprobe.provenance import code_fingerprint
 
@@ -124,10 +125,7 @@ def features_config(wildcards):
 
 def store_layout(wildcards):
     """The store's shape, as planned from the dataset: its splits, shards and image size."""
-    entry = config["datasets"][wildcards.dataset]
-    return as_json(
-        {"sizes": SIZES[wildcards.dataset], "shard_size": entry["shard_size"], "image_shape": image_shape(entry)}
-    )
+    return as_json(plan_store_layout(config["datasets"][wildcards.dataset], SIZES[wildcards.dataset]))
 
 
 def store_identity(wildcards):

@@ -6,6 +6,8 @@ with loss = multinomial cross-entropy, or one-vs-rest squared hinge (LinearSVC's
 Gradients are written by hand (the residual R = d loss / d logits, then Xᵀ R): nothing is kept for
 autograd, Xᵀ is stored once so its product reads memory in order, and the line search works on
 cached logits, so an iteration costs two matrix products however many steps it tries.
+Everything runs on the device of the features; every product and scalar reduction goes through
+`ops` (or bfloat16 products), so the iterates do not depend on the CPU thread count.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .ops import dot, matmul, matmul_dtype, total
+
 
 @dataclass
 class Design:
     """The features of one fit, in the precisions the solver multiplies them in (built once per sweep)."""
 
-    exact: torch.Tensor  # (N, D) float32
+    exact: torch.Tensor  # (N, D) float32, on the compute device
     fast: torch.Tensor | None = None  # bfloat16 copy, where the hardware multiplies it faster
     fast_t: torch.Tensor | None = None  # its transpose, contiguous
 
@@ -28,10 +32,8 @@ class Design:
         """`precision`: 'float32', 'bfloat16', or 'auto' (bfloat16 where the hardware multiplies it faster)."""
         if isinstance(x, Design):
             return x
-        from .linear import matmul_dtype
-
         x = torch.as_tensor(x, dtype=torch.float32)
-        if matmul_dtype(precision) != torch.bfloat16:
+        if matmul_dtype(precision, x.device) != torch.bfloat16:
             return cls(x)
         fast = x.to(torch.bfloat16)
         return cls(x, fast, fast.T.contiguous())
@@ -42,10 +44,10 @@ class LogitLoss:
 
     def __init__(self, y: torch.Tensor, num_classes: int, loss: str):
         self.y, self.loss, self.count = y, loss, len(y)
-        self.rows = torch.arange(len(y))
-        self.buffer = torch.empty((len(y), num_classes))  # reused: holds the residual of the last call
+        self.rows = torch.arange(len(y), device=y.device)
+        self.buffer = torch.empty((len(y), num_classes), device=y.device)  # reused: the last residual
         if loss != "logistic":
-            self.signs = torch.full((len(y), num_classes), -1.0)
+            self.signs = torch.full((len(y), num_classes), -1.0, device=y.device)
             self.signs[self.rows, y] = 1
 
     def at(self, logits, direction=None, step: float = 0.0) -> tuple[float, torch.Tensor]:
@@ -57,11 +59,11 @@ class LogitLoss:
             true_class = t[self.rows, self.y]
             t.exp_()
             norm = t.sum(1, keepdim=True)
-            value = float((norm.log().squeeze(1) - true_class).mean())
+            value = float(total(norm.log().squeeze(1) - true_class)) / self.count
             t.div_(norm)[self.rows, self.y] -= 1
         else:
             t.mul_(self.signs).neg_().add_(1).clamp_(min=0)  # margins
-            value = float(t.pow(2).sum(1).mean())
+            value = float(total(t.square().sum(1))) / self.count
             t.mul_(self.signs).mul_(-2)
         return value, t.div_(self.count)
 
@@ -75,41 +77,48 @@ def _minimise(x, x_t, y, c, loss, weight, bias, max_iter: int, tol: float, histo
     penalty = 1.0 / (2 * c * n)
     logit_loss = LogitLoss(y, k, loss)
     w, b = weight.clone(), bias.clone()
-    # reused buffers: fresh (N, K) tensors every iteration would be fresh pages from the kernel
-    product, low = torch.empty((n, k), dtype=x.dtype), torch.empty((n, k), dtype=x.dtype)
-    grad_w, direction_logits = torch.empty(w.shape, dtype=x.dtype), torch.empty((n, k))
+    exact = x.dtype == torch.float32
+    # bf16 products write into reused buffers: fresh (N, K) tensors every iteration would be fresh
+    # pages from the kernel (float32 products on the CPU are padded by ops.matmul and allocate)
+    z, u = torch.empty_like(logit_loss.buffer), torch.empty_like(logit_loss.buffer)
+    if not exact:
+        product, low = torch.empty_like(z, dtype=x.dtype), torch.empty_like(z, dtype=x.dtype)
+        grad_w = torch.empty(w.shape, dtype=x.dtype, device=x.device)
 
     def logits_of(w, b, out):
-        if x.dtype == torch.float32:
-            return torch.addmm(b, x, w, out=out)
+        if exact:
+            return torch.add(matmul(x, w), b, out=out)
         torch.mm(x, w.to(x.dtype), out=product)
         return out.copy_(product).add_(b)
 
     def gradient(residual, w):
-        torch.mm(x_t, residual if x.dtype == torch.float32 else low.copy_(residual), out=grad_w)
-        return torch.cat([grad_w.float().add_(w, alpha=2 * penalty).flatten(), residual.sum(0)])
+        if exact:
+            grad = matmul(x_t, residual)
+        else:
+            grad = torch.mm(x_t, low.copy_(residual), out=grad_w).float()
+        return torch.cat([grad.add_(w, alpha=2 * penalty).flatten(), residual.sum(0)])
 
-    z = logits_of(w, b, torch.empty((n, k)))
+    logits_of(w, b, z)
     value, residual = logit_loss.at(z)
-    value += penalty * float(w.pow(2).sum())
+    value += penalty * dot(w, w)
     g, memory = gradient(residual, w), []
     for _ in range(max_iter):
         if float(g.abs().max()) <= tol:
             break
         d = _lbfgs_direction(g, memory)
-        slope0 = float(g @ d)
+        slope0 = dot(g, d)
         if slope0 >= 0:  # not a descent direction: forget the curvature pairs
-            memory, d, slope0 = [], -g, -float(g @ g)
+            memory, d, slope0 = [], -g, -dot(g, g)
         dw, db = d[:-k].view_as(w), d[-k:]
-        u = logits_of(dw, db, direction_logits)
-        w_d, d_d, w_w = float((w * dw).sum()), float(dw.pow(2).sum()), float(w.pow(2).sum())
+        logits_of(dw, db, u)
+        w_d, d_d, w_w = dot(w, dw), dot(dw, dw), dot(w, w)
 
         def along(step):
             loss_value, res = logit_loss.at(z, u, step)
             return (loss_value + penalty * (w_w + 2 * step * w_d + step * step * d_d),
-                    float(torch.dot(res.view(-1), u.view(-1))) + 2 * penalty * (w_d + step * d_d), res)
+                    dot(res, u) + 2 * penalty * (w_d + step * d_d), res)
 
-        accepted = _wolfe_step(along, value, slope0, 1.0 if memory else min(1.0, 1.0 / float(g.abs().sum())))
+        accepted = _wolfe_step(along, value, slope0, 1.0 if memory else min(1.0, 1.0 / float(total(g.abs()))))
         if accepted is None:
             if not memory:
                 break  # even steepest descent finds no better point: as good as this precision allows
@@ -121,7 +130,7 @@ def _minimise(x, x_t, y, c, loss, weight, bias, max_iter: int, tol: float, histo
         z.add_(u, alpha=step)
         g_new = gradient(residual, w)
         s_vec, y_vec = d * step, g_new - g
-        curvature = float(s_vec @ y_vec)
+        curvature = dot(s_vec, y_vec)
         if curvature > 1e-10:
             memory.append((s_vec, y_vec, 1.0 / curvature))
             memory = memory[-history:]
@@ -156,13 +165,13 @@ def _lbfgs_direction(g: torch.Tensor, memory: list) -> torch.Tensor:
     """The two-loop recursion: -H g from the stored (s, y, 1/sᵀy) pairs."""
     d, alphas = -g, []
     for s, y, rho in reversed(memory):
-        alphas.append(rho * float(s @ d))
+        alphas.append(rho * dot(s, d))
         d = d.add(y, alpha=-alphas[-1])
     if memory:
         s, y, _ = memory[-1]
-        d = d * (float(s @ y) / float(y @ y))
+        d = d * (dot(s, y) / dot(y, y))
     for (s, y, rho), alpha in zip(memory, reversed(alphas)):
-        d = d.add(s, alpha=alpha - rho * float(y @ d))
+        d = d.add(s, alpha=alpha - rho * dot(y, d))
     return d
 
 
@@ -177,7 +186,9 @@ def fit_l2_linear(x, y: torch.Tensor, num_classes: int, c: float, loss: str = "l
     phase stops once the largest gradient entry is ≤ `tol`, or when no step improves the objective.
     """
     design = Design.of(x, precision)
-    weight, bias = init if init else (torch.zeros(design.exact.shape[1], num_classes), torch.zeros(num_classes))
+    device = design.exact.device
+    weight, bias = init if init else (torch.zeros(design.exact.shape[1], num_classes, device=device),
+                                      torch.zeros(num_classes, device=device))
     flushing = torch.set_flush_denormal(True)  # tiny softmax tails are denormal: slow on x86
     try:
         if design.fast is not None:
@@ -192,18 +203,21 @@ def fit_l2_linear(x, y: torch.Tensor, num_classes: int, c: float, loss: str = "l
 
 
 def scores(x: torch.Tensor, solution) -> torch.Tensor:
-    return torch.addmm(solution[1], x, solution[0])
+    return matmul(x, solution[0]) + solution[1]
 
 
 def top1(x: torch.Tensor, y: torch.Tensor, solution) -> float:
     return float((scores(x, solution).argmax(1) == y).float().mean())
 
 
-def sweep_c(fit, evaluate, c_values, refine_steps: int):
+def sweep_c(fit, evaluate, c_values, refine_steps: int, report=lambda c, done, planned: None):
     """Coarse grid (warm-started from strong to weak regularisation), then halve the step around
-    the best C `refine_steps` times (CLIP_benchmark's refinement). Returns (best C, {C: score}, fits)."""
+    the best C `refine_steps` times (CLIP_benchmark's refinement). Returns (best C, {C: score}, fits).
+    `report(c, fits done, fits planned)` is called before each fit."""
     scores_by_c, fits, previous = {}, {}, None
+    planned = len(c_values) + (2 * refine_steps if len(c_values) > 1 else 0)
     for c in sorted(c_values):
+        report(c, len(fits), planned)
         fits[c] = previous = fit(c, previous)
         scores_by_c[c] = evaluate(fits[c])
     ratio = (sorted(c_values)[1] / sorted(c_values)[0]) ** 0.5 if len(c_values) > 1 else 1.0
@@ -211,6 +225,7 @@ def sweep_c(fit, evaluate, c_values, refine_steps: int):
         best = max(scores_by_c, key=lambda c: (scores_by_c[c], -c))
         for c in (best / ratio, best * ratio):
             if c not in scores_by_c:
+                report(c, len(fits), planned)
                 fits[c] = fit(c, fits[best])
                 scores_by_c[c] = evaluate(fits[c])
         ratio **= 0.5

@@ -10,9 +10,14 @@ Each set is trained at every learning rate. BatchNorm of a concatenation is the 
 per-array BatchNorms, so each stored array is normalised once per batch and every head's logits are
 a sum of per-array products: the grid costs one product per array and batch, whatever its size.
 SGD momentum 0.9, no weight decay, linear warm-up then cosine decay, learning rates given per 256
-images and scaled by batch_size / 256 (DINOv2's rule, so a larger batch keeps their meaning); products in bfloat16 where the
-CPU/GPU has it (weights, BatchNorm statistics and momentum in float32). Per record the head with
-the best final validation top-1 wins; no refit (train minus validation is the training set).
+images and scaled by batch_size / 256 (DINOv2's rule, so a larger batch keeps their meaning);
+products in bfloat16 where the CPU/GPU has it (weights, BatchNorm statistics and momentum in
+float32). Each head's learning rate is folded into its gradient columns before the weight product,
+so one update of all weights at once (momentum, step, bf16 copy: a few passes over flat, reused
+buffers) serves every head. BatchNorm statistics are explicit per-feature means (torch's training-mode
+batch_norm sums differently per thread count). Per record the head with the best final validation
+top-1 wins; no refit (train minus validation is the training set). On a GPU the cached features
+stay on the device when they fit in half its free memory, else batches are copied to it.
 
 Head format (`.heads.pt`, key `bNNN/pooling/setting`): {norm_mean (D,), norm_var (D,), weight (C, D),
 bias (C,), blocks [...], poolings [...]}; features are the arrays (blocks[i], poolings[i])
@@ -29,11 +34,14 @@ import torch
 import torch.nn.functional as F
 
 from .common import POOLED, ProbeOutcome
+from .ops import matmul, matmul_dtype
+from .progress import SILENT
 
 DEFAULTS = {"learning_rates": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
             "epochs": 30, "batch_size": 256, "warmup_epochs": 1, "block_sets": [1, 4], "per_block": True,
             "precision": "auto"}
-MOMENTUM, BN_EPS = 0.9, 1e-5
+MOMENTUM, BN_EPS, BN_MOMENTUM = 0.9, 1e-5, 0.1
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -59,66 +67,91 @@ def feature_sets(keys, block_sets, per_block=True) -> list[FeatureSet]:
     return sets
 
 
-def cpu_has_fast_bf16() -> bool:
-    """bf16 instructions (AVX512-BF16 or AMX) on this CPU; without them bf16 products are emulated."""
-    cpu = torch.cpu
-    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-
-
-def matmul_dtype(precision: str) -> torch.dtype:
-    """Probes compute on the CPU (a GPU node's GPU is for embedding), so 'auto' asks the CPU."""
-    if precision == "auto":
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[precision]
-
-
 class Grid:
-    """All heads: per stored array a weight block (D, heads using it × C); one bias row per head."""
+    """All heads: per stored array a weight block (D, heads using it × C); one bias row per head.
 
-    def __init__(self, dims: dict, head_arrays: list[list], num_classes: int, lrs, generator, dtype):
-        self.arrays, self.classes, self.dtype = list(dims), num_classes, dtype
-        self.lrs = torch.tensor(lrs, dtype=torch.float32)
-        self.users = {a: torch.tensor([h for h, arrs in enumerate(head_arrays) if a in arrs]) for a in dims}
-        self.weight = {a: torch.randn(dims[a], len(self.users[a]) * num_classes, generator=generator) * 0.01
-                       for a in dims}
-        self.bias = torch.zeros(len(head_arrays), num_classes)
-        self.velocity = {a: torch.zeros_like(w) for a, w in self.weight.items()} | {"bias": torch.zeros_like(self.bias)}
-        self.mean = {a: torch.zeros(d) for a, d in dims.items()}
-        self.var = {a: torch.ones(d) for a, d in dims.items()}
+    The weights of every array live in one flat float32 buffer (and its momentum and bf16 copy in
+    two more), so an SGD step updates all heads with three elementwise passes."""
+
+    def __init__(self, dims: dict, head_arrays: list[list], num_classes: int, lrs, generator, dtype, device):
+        self.arrays, self.classes, self.dtype, self.device = list(dims), num_classes, dtype, device
+        self.lrs = torch.tensor(lrs, dtype=torch.float32, device=device)
+        self.users = {a: torch.tensor([h for h, arrs in enumerate(head_arrays) if a in arrs], device=device)
+                      for a in dims}
+        shapes = {a: (dims[a], len(self.users[a]) * num_classes) for a in dims}
+        sizes = [math.prod(shape) for shape in shapes.values()]
+        init = torch.cat([torch.randn(shape, generator=generator).flatten() * 0.01 for shape in shapes.values()])
+        self.flat = init.to(device)
+        self.velocity = torch.zeros_like(self.flat)
+        exact = dtype == torch.float32
+        self.flat_low = self.flat if exact else self.flat.to(dtype)
+        self.flat_grad = torch.empty_like(self.flat_low)
+        # a float32 copy of the gradient written into a buffer: a fresh tensor of this size would be
+        # fresh pages from the kernel at every step (bf16 -> float32 then costs 5x the copy itself)
+        self.flat_grad32 = self.flat_grad if exact else torch.empty_like(self.flat)
+        def views(flat):
+            return {a: part.view(shapes[a]) for a, part in zip(dims, flat.split(sizes))}
+
+        self.weight, self.weight_low, self.grad = views(self.flat), views(self.flat_low), views(self.flat_grad)
+        self.bias = torch.zeros(len(head_arrays), num_classes, device=device)
+        self.bias_velocity = torch.zeros_like(self.bias)
+        self.mean = {a: torch.zeros(d, device=device) for a, d in dims.items()}
+        self.var = {a: torch.ones(d, device=device) for a, d in dims.items()}
+
+    def _product(self, a, b, out=None):
+        """a @ b in the grid's dtype; float32 on the CPU through ops.matmul (thread-count independent)."""
+        if self.dtype == torch.float32 and self.device.type == "cpu":
+            product = matmul(a, b)
+            return product if out is None else out.copy_(product)
+        return torch.mm(a, b, out=out)
 
     def normalise(self, batch: dict, training: bool) -> dict:
-        return {a: F.batch_norm(batch[a].float(), self.mean[a], self.var[a], training=training,
-                                momentum=0.1, eps=BN_EPS).to(self.dtype) for a in self.arrays}
+        """BatchNorm1d(affine=False): batch statistics (updating the running ones) or the running ones."""
+        out = {}
+        for a in self.arrays:
+            x = batch[a].to(self.device, torch.float32, non_blocking=True, copy=True)
+            if training:
+                mean = x.mean(0)
+                var = (x - mean).square_().mean(0)
+                n = len(x)
+                self.mean[a].lerp_(mean, BN_MOMENTUM)
+                self.var[a].lerp_(var * (n / (n - 1)), BN_MOMENTUM)
+            else:
+                mean, var = self.mean[a], self.var[a]
+            out[a] = x.sub_(mean).mul_(torch.rsqrt(var + BN_EPS)).to(self.dtype)
+        return out
 
     def logits(self, z: dict) -> torch.Tensor:
         rows = next(iter(z.values())).shape[0]
         out = self.bias[None].repeat(rows, 1, 1)
         for a in self.arrays:
-            part = (z[a] @ self.weight[a].to(self.dtype)).float().view(rows, -1, self.classes)
+            part = self._product(z[a], self.weight_low[a]).float().view(rows, -1, self.classes)
             out.index_add_(1, self.users[a], part)
         return out  # (rows, heads, classes)
 
-    def _columns(self, per_head: torch.Tensor, a) -> torch.Tensor:
-        """The heads using array `a` (all of them needs no copy)."""
-        return per_head if len(self.users[a]) == per_head.shape[1] else per_head[:, self.users[a]]
-
     def step(self, z: dict, y: torch.Tensor, scale: float):
-        """One SGD step of every head; returns per-head loss and correct count on this batch."""
+        """One SGD step of every head; returns per-head summed loss and correct count on this batch."""
         logits = self.logits(z)
-        log_probs = logits.log_softmax(-1)
-        rows = torch.arange(len(y))
-        true_class = log_probs[rows, :, y]
-        loss, correct = -true_class.mean(0), (true_class >= log_probs.amax(-1)).sum(0)
-        grad = log_probs.exp_()
-        grad[rows, :, y] -= 1
-        grad /= len(y)
-        low = grad.to(self.dtype)
-        grads = {a: z[a].T @ self._columns(low, a).reshape(len(y), -1) for a in self.arrays} | {"bias": grad.sum(0)}
-        for name, g in grads.items():
-            param = self.bias if name == "bias" else self.weight[name]
-            lr = self.lrs[:, None] if name == "bias" else self.lrs[self.users[name]].repeat_interleave(self.classes)
-            self.velocity[name].mul_(MOMENTUM).add_(g.float())
-            param.sub_(self.velocity[name] * (lr * scale))
+        rows = torch.arange(len(y), device=self.device)
+        top = logits.amax(-1)
+        true_class = logits[rows, :, y] - top  # (rows, heads)
+        probs = logits.sub_(top[..., None]).exp_()
+        norm = probs.sum(-1)
+        loss, correct = (norm.log() - true_class).sum(0), (true_class >= 0).sum(0)
+        probs.div_(norm[..., None])[rows, :, y] -= 1  # the residual d loss / d logits
+        probs.mul_((self.lrs / len(y))[:, None])  # each head's rate folded into its gradient
+        low = probs.to(self.dtype)
+        for a in self.arrays:
+            columns = low if len(self.users[a]) == low.shape[1] else low[:, self.users[a]]
+            self._product(z[a].T, columns.reshape(len(y), -1), out=self.grad[a])
+        if self.flat_grad32 is not self.flat_grad:
+            self.flat_grad32.copy_(self.flat_grad)
+        torch.add(self.flat_grad32, self.velocity, alpha=MOMENTUM, out=self.velocity)
+        self.flat.sub_(self.velocity, alpha=scale)
+        if self.flat_low is not self.flat:
+            self.flat_low.copy_(self.flat)
+        torch.add(probs.sum(0), self.bias_velocity, alpha=MOMENTUM, out=self.bias_velocity)
+        self.bias.sub_(self.bias_velocity, alpha=scale)
         return loss, correct
 
     def evaluate(self, x: dict, y: torch.Tensor | None = None, chunk: int = 4096, heads=None):
@@ -152,7 +185,15 @@ def _schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
+def _resident(arrays: dict, device) -> bool:
+    """Whether the cached features fit on the device (half its free memory); the CPU always holds them."""
+    if device.type != "cuda":
+        return True
+    needed = sum(v.numel() * v.element_size() for split in arrays.values() for v in split.values())
+    return needed < torch.cuda.mem_get_info(device)[0] // 2
+
+
+def fit_store(load, keys, params: dict, seed: int, device=CPU, progress=SILENT) -> list[ProbeOutcome]:
     params = DEFAULTS | params
     lrs, batch_size = params["learning_rates"], params["batch_size"]
     lr_scale = batch_size / 256
@@ -161,32 +202,43 @@ def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
     if not sets:
         return []
     x = {"train": {}, "val": {}, "test": {}}
-    for a in needed:  # keep the cache in fp16 (as stored): half the memory of float32
+    for i, a in enumerate(needed):  # keep the cache in fp16 (as stored): half the memory of float32
+        progress.update(0.0, f"reading block {a[0]} {a[1]} ({i + 1} of {len(needed)} arrays)")
         splits = load(*a)
         for name in x:
             x[name][a] = torch.from_numpy(getattr(splits, name).x).half()
-    y, y_val = torch.from_numpy(splits.train.y).long(), torch.from_numpy(splits.val.y).long()
+    if _resident(x, device):
+        x = {name: {a: v.to(device) for a, v in arrays.items()} for name, arrays in x.items()}
+    elif device.type == "cuda":
+        x = {name: {a: v.pin_memory() for a, v in arrays.items()} for name, arrays in x.items()}
+    y = torch.from_numpy(splits.train.y).long().to(device)
+    y_val = torch.from_numpy(splits.val.y).long().to(device)
     head_arrays = [s.arrays for s in sets for _ in lrs]
     generator = torch.Generator().manual_seed(seed)
     grid = Grid({a: x["train"][a].shape[1] for a in needed}, head_arrays, splits.num_classes,
-                [lr * lr_scale for lr in lrs] * len(sets), generator, matmul_dtype(params["precision"]))
+                [lr * lr_scale for lr in lrs] * len(sets), generator, matmul_dtype(params["precision"], device),
+                device)
     n = len(y)
     steps_per_epoch = sum(1 for s in range(0, n, batch_size) if min(batch_size, n - s) > 1)
     total, warmup = params["epochs"] * steps_per_epoch, params["warmup_epochs"] * steps_per_epoch
     history, step = [], 0
+    what = f"{len(head_arrays)} heads on {len(needed)} arrays"
     # diverging heads (the largest rates) drive softmax into denormal floats, which x86 CPUs
     # process a hundred times slower: flush them to zero while training
     flushing = torch.set_flush_denormal(True)
     for epoch in range(params["epochs"]):
         order = torch.randperm(n, generator=generator)
-        loss_sum, correct = torch.zeros(len(head_arrays)), torch.zeros(len(head_arrays))
+        loss_sum = torch.zeros(len(head_arrays), device=device)
+        correct = torch.zeros(len(head_arrays), dtype=torch.long, device=device)
         for start in range(0, n, batch_size):
             rows = order[start:start + batch_size]
             if len(rows) < 2:
                 continue  # BatchNorm needs two samples
-            z = grid.normalise({a: v[rows] for a, v in x["train"].items()}, True)
-            loss, hits = grid.step(z, y[rows], _schedule(step, total, min(warmup, total - 1)))
-            loss_sum += loss * len(rows)
+            progress.update(step / total, f"{what}, epoch {epoch + 1}/{params['epochs']}")
+            batch_rows = rows.to(x["train"][needed[0]].device)
+            z = grid.normalise({a: v[batch_rows] for a, v in x["train"].items()}, True)
+            loss, hits = grid.step(z, y[rows.to(device)], _schedule(step, total, min(warmup, total - 1)))
+            loss_sum += loss
             correct += hits
             step += 1
         val_loss, val_top1 = grid.evaluate(x["val"], y_val)
@@ -200,21 +252,22 @@ def fit_store(load, keys, params: dict, seed: int) -> list[ProbeOutcome]:
         heads = range(i * len(lrs), (i + 1) * len(lrs))
         validations.append({f"{fs.prefix}lr={lr:g}": float(val_top1[h]) for lr, h in zip(lrs, heads)})
         chosen.append(heads[int(np.argmax(list(validations[-1].values())))])
-    test_logits = grid.evaluate(x["test"], heads=torch.tensor(chosen))  # the chosen heads only, once
+    test_logits = grid.evaluate(x["test"], heads=torch.tensor(chosen, device=device))  # the chosen heads only, once
     outcomes = []
     for i, (fs, validation, best) in enumerate(zip(sets, validations, chosen)):
         lr = lrs[best - i * len(lrs)]
         curve = [{key: (h[key][best] if key != "epoch" else h[key]) for key in h} for h in history]
         outcomes.append(ProbeOutcome(
             f"{fs.prefix}lr={lr:g}", {"learning_rate": lr, "epochs": params["epochs"]}, validation,
-            test_logits[:, i].softmax(-1).numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
+            test_logits[:, i].softmax(-1).cpu().numpy(), grid.head_state(best, fs.arrays), curve, fs.block,
             fs.pooling, extra={"feature_set": {"blocks": [b for b, _ in fs.arrays],
                                                "poolings": [p for _, p in fs.arrays]},
                                "precision": str(grid.dtype).replace("torch.", "")}))
     return outcomes
 
 
-def fit(splits, params: dict, seed: int) -> ProbeOutcome:
+def fit(splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
     """The learning-rate sweep on one feature array (what `fit_store` does per stored array)."""
     torch.manual_seed(seed)
-    return fit_store(lambda block, pooling: splits, [(0, "cls")], params | {"block_sets": []}, seed)[0]
+    return fit_store(lambda block, pooling: splits, [(0, "cls")], params | {"block_sets": []}, seed, device,
+                     progress)[0]

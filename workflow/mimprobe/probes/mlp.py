@@ -17,30 +17,34 @@ import torch
 
 from .common import POOLED, ProbeOutcome, Splits, standardizer
 from .epochs import train_epochs
+from .ops import Linear
+from .progress import SILENT
 
 DEFAULTS = {"hidden": [256, 128, 128], "epochs": 20, "learning_rate": 1e-3, "batch_size": 128}
 POOLINGS = POOLED + ("tokens",)
 DTYPE = np.float16  # flattened token grids are large: keep them as stored, cast per batch
+CPU = torch.device("cpu")
 
 
 def build_mlp(dim: int, hidden: list[int], num_classes: int) -> torch.nn.Sequential:
     layers, width = [], dim
     for size in hidden:
-        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
+        layers += [Linear(width, size), torch.nn.ReLU()]
         width = size
-    return torch.nn.Sequential(*layers, torch.nn.Linear(width, num_classes))
+    return torch.nn.Sequential(*layers, Linear(width, num_classes))
 
 
-def fit(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
+def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
     params = DEFAULTS | params
     mean, std = standardizer(splits.train.x)
+    mean, std = mean.to(device), std.to(device)
 
     def prepare(x):
-        return (torch.as_tensor(x, dtype=torch.float32).reshape(len(x), -1) - mean) / std
+        return (torch.as_tensor(x, dtype=torch.float32, device=device).reshape(len(x), -1) - mean) / std
 
     torch.manual_seed(seed)
-    model = build_mlp(len(mean), params["hidden"], splits.num_classes)
-    epoch, validation, history, test_probs = train_epochs(model, splits, prepare, params, seed)
+    model = build_mlp(len(mean), params["hidden"], splits.num_classes).to(device)
+    epoch, validation, history, test_probs = train_epochs(model, splits, prepare, params, seed, progress)
     head = {"mean": mean, "std": std, "hidden": list(params["hidden"]), "state_dict": model.state_dict()}
     return ProbeOutcome(f"epoch={epoch}", {"epoch": epoch, "hidden": params["hidden"]}, validation, test_probs,
                         head, history)

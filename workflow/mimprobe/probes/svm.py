@@ -6,6 +6,8 @@
   multiples of 'scale') chosen on validation. SVC's cost grows with the square of the training
   size, so at most `rbf_max_train` seeded random train images are used (recorded as `rbf_train_rows`).
 Test probabilities are the softmax of the decision values (SVMs give scores, not probabilities).
+The linear SVM runs on the probe device; PCA and SVC run on one CPU thread (libsvm has one anyway,
+and a single-threaded PCA gives the same bits whatever the job's thread count).
 
 Head formats (plain tensors, loadable with weights_only=True): linear {mean, std, weight (K, D),
 bias (K,), C}; rbf {mean, std, pca_components (P, D), pca_mean (P-space input mean), C, gamma,
@@ -21,26 +23,30 @@ import torch
 from .common import ProbeOutcome, Splits, standardizer
 from .lbfgs import fit_l2_linear, scores, sweep_c, top1
 from .logreg import tensors
+from .progress import SILENT
+
+CPU = torch.device("cpu")
 
 DEFAULTS = {"c_values": [10.0 ** e for e in range(-5, 2)], "refine_steps": 1, "max_iter": 100, "rbf": True,
             "pca_dim": 128, "rbf_max_train": 10000, "rbf_c_values": [1.0, 10.0], "rbf_gamma_scales": [0.5, 1.0, 2.0]}
 
 
-def fit_linear(splits: Splits, params: dict) -> ProbeOutcome:
+def fit_linear(splits: Splits, params: dict, device=CPU, progress=SILENT) -> ProbeOutcome:
     mean, std = standardizer(splits.train.x)
-    (x, y), (x_val, y_val) = tensors(splits.train, mean, std), tensors(splits.val, mean, std)
+    (x, y), (x_val, y_val) = tensors(splits.train, mean, std, device), tensors(splits.val, mean, std, device)
     k = splits.num_classes
     best_c, val_scores, fits = sweep_c(
         lambda c, init: fit_l2_linear(x, y, k, c, "squared_hinge", init, params["max_iter"]),
-        lambda s: top1(x_val, y_val, s), params["c_values"], params["refine_steps"])
+        lambda s: top1(x_val, y_val, s), params["c_values"], params["refine_steps"],
+        lambda c, done, planned: progress.update(0.5 * done / planned, f"linear SVM, C={c:.3g}"))
     mean, std = standardizer(splits.train_all.x)
-    x_all, y_all = tensors(splits.train_all, mean, std)
+    x_all, y_all = tensors(splits.train_all, mean, std, device)
     final = fit_l2_linear(x_all, y_all, k, best_c, "squared_hinge", fits[best_c], params["max_iter"])
-    x_test = (torch.as_tensor(splits.test.x, dtype=torch.float32) - mean) / std
+    x_test = tensors(splits.test, mean, std, device)[0]
     head = {"mean": mean, "std": std, "weight": final[0].T.contiguous(), "bias": final[1], "C": best_c}
     return ProbeOutcome(f"kernel=linear,C={best_c:.3g}", {"kernel": "linear", "C": best_c},
                         {f"kernel=linear,C={c:.3g}": v for c, v in val_scores.items()},
-                        scores(x_test, final).softmax(1).numpy(), head)
+                        scores(x_test, final).softmax(1).cpu().numpy(), head)
 
 
 def _sample(n: int, cap: int, seed: int) -> np.ndarray:
@@ -87,9 +93,13 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
                         validation, probs, head, extra={"rbf_train_rows": len(rows)})
 
 
-def fit(splits: Splits, params: dict, seed: int) -> list[ProbeOutcome]:
+def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> list[ProbeOutcome]:
+    from threadpoolctl import threadpool_limits
+
     params = DEFAULTS | params
-    outcomes = [fit_linear(splits, params)]
+    outcomes = [fit_linear(splits, params, device, progress)]
     if params["rbf"]:
-        outcomes.append(fit_rbf(splits, params, seed))
+        progress.update(0.5, "RBF SVC")
+        with threadpool_limits(1):
+            outcomes.append(fit_rbf(splits, params, seed))
     return outcomes
