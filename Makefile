@@ -18,9 +18,14 @@ demo: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/ruff check workflow tests
 
 test: lint
 	$(BIN)/python -m pytest -q tests
+
+# The unit tests only (no end-to-end workflow runs): a minute or two.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 # The self-contained HTML report of the last `make demo` (every figure and table with captions).
 report-html: $(VENV)/.installed

@@ -35,7 +35,8 @@ def run_snakemake(workdir: Path, config: dict | Path, *args: str, check: bool = 
                "--configfile", str(config), "--cores", "2", *args]
     result = subprocess.run(command, capture_output=True, text=True, env=workflow_env(), cwd=workdir)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
+                             f"{result.stderr[-6000:]}")
     return result
 
 

@@ -11,9 +11,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import run_snakemake, tiny_config
+from PIL import Image
 
 IMAGE_FOLDER_CLASSES = {"cat": (200, 40, 40), "dog": (40, 200, 40), "frog": (40, 40, 200)}
 _finished: dict = {}

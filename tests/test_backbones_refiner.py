@@ -76,8 +76,10 @@ def reference_postnorm(state: dict, x: torch.Tensor, heads: int) -> list[torch.T
     for i in range(sum(k.endswith("norm1.weight") for k in state)):
         p = f"blocks.{i}."
         attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
-        attn.load_state_dict({"in_proj_weight": state[p + "attn.qkv.weight"], "in_proj_bias": state[p + "attn.qkv.bias"],
-                              "out_proj.weight": state[p + "attn.proj.weight"], "out_proj.bias": state[p + "attn.proj.bias"]})
+        attn.load_state_dict({"in_proj_weight": state[p + "attn.qkv.weight"],
+                              "in_proj_bias": state[p + "attn.qkv.bias"],
+                              "out_proj.weight": state[p + "attn.proj.weight"],
+                              "out_proj.bias": state[p + "attn.proj.bias"]})
         tokens = ln(tokens + attn.eval()(tokens, tokens, tokens, need_weights=False)[0], p + "norm1")
         hidden = F.gelu(F.linear(tokens, state[p + "mlp.fc1.weight"], state[p + "mlp.fc1.bias"]))
         tokens = ln(tokens + F.linear(hidden, state[p + "mlp.fc2.weight"], state[p + "mlp.fc2.bias"]), p + "norm2")

@@ -11,8 +11,8 @@ from mimprobe import extract
 from mimprobe.backbones import create_backbone
 from mimprobe.config import validate_config
 from mimprobe.errors import DataError, MimprobeError
-from mimprobe.plan import store_layout
 from mimprobe.extract import embed_shards, init_store
+from mimprobe.plan import store_layout
 from mimprobe.shardfile import read_shard
 from mimprobe.shards import prepare_shards
 from mimprobe.store import open_store, read_features, region_arrays, verify_store
@@ -32,7 +32,7 @@ def test_effnet_lite0_loads_the_packaged_imagenet_weights():
 
 
 def test_random_backbone_is_the_same_for_the_same_seed():
-    a, b = create_backbone("random:vit_tiny_patch16_224", seed=1), create_backbone("random:vit_tiny_patch16_224", seed=1)
+    a, b = (create_backbone("random:vit_tiny_patch16_224", seed=1) for _ in range(2))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
@@ -196,7 +196,8 @@ def test_cpu_bfloat16_opt_in_stores_features_close_to_float32(tmp_path):
 
     meta = prepare_shards(config["datasets"]["digits"], tmp_path / "shards", 0)
     features = backbone_features(config, "vit")
-    init_store(tmp_path / "vit.zarr", store_layout(config["datasets"]["digits"]), config["backbones"]["vit"], features, 0)
+    init_store(tmp_path / "vit.zarr", store_layout(config["datasets"]["digits"]), config["backbones"]["vit"],
+               features, 0)
     record = embed_shards(tmp_path / "vit.zarr", [tmp_path / "shards/train-0000.npz"], tmp_path / "flag.json",
                           config["backbones"]["vit"], features, 0)
     assert record["dtype"] == "bfloat16" and list(meta["shards"])[0] == "train-0000"

@@ -1,12 +1,14 @@
 import copy
+import math
+import re
 
 import pytest
 import yaml
-
 from conftest import REPO, tiny_config
+
 from mimprobe.config import load_config, validate_config
-from mimprobe.plan import shard_names
 from mimprobe.errors import ConfigError
+from mimprobe.plan import shard_names
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
@@ -68,3 +70,72 @@ def test_a_backbone_overrides_only_the_features_keys_it_names():
                                                                             "chunk_rows": 16}
     # raw pixels have one block: the top-level blocks do not apply to them
     assert backbone_features(config, "pixels") == config["features"] | {"blocks": "all"}
+
+
+def _documented_value(text: str):
+    """A default as config/README.md writes it: `yaml`, a number, or a range in words."""
+    text = text.strip().strip("`")
+    if text == "—":
+        return "required"
+    if match := re.fullmatch(r"decades (\S+) … (\S+)", text):
+        low, high = (round(math.log10(float(v))) for v in match.groups())
+        return ("decades", low, high)
+    if match := re.fullmatch(r"(\d+) rates, (\S+) … (\S+)", text):
+        return ("rates", int(match[1]), float(match[2]), float(match[3]))
+    value = yaml.safe_load(text)
+    try:
+        return float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _schema_value(default):
+    """The schema's default in the documented form (a long numeric list as a range in words)."""
+    if isinstance(default, list) and len(default) > 4 and all(isinstance(v, float) for v in default):
+        exponents = [math.log10(v) for v in default]
+        if all(e == round(e) for e in exponents) and exponents == list(range(round(exponents[0]),
+                                                                              round(exponents[-1]) + 1)):
+            return ("decades", round(exponents[0]), round(exponents[-1]))
+        return ("rates", len(default), default[0], default[-1])
+    return default
+
+
+def _schema_defaults(node: dict, prefix: str) -> dict:
+    """Every leaf key of the schema with its default ("required" where it has none)."""
+    found = {}
+    if "properties" in node:
+        for name, child in node["properties"].items():
+            found |= _schema_defaults(child, f"{prefix}.{name}" if prefix else name)
+        if "default" in node and all(value == "required" for value in found.values()):
+            return {prefix: node["default"]}  # an override section (backbones.<name>.features): one row
+    elif isinstance(node.get("additionalProperties"), dict) and "properties" in node["additionalProperties"]:
+        found |= _schema_defaults(node["additionalProperties"], f"{prefix}.<name>")
+    else:
+        found[prefix] = node.get("default", "required")
+    return found
+
+
+def _documented_defaults() -> dict:
+    """Rows of config/README.md's table; `a.b.c` / `d` / `e` rows name siblings of c."""
+    found = {}
+    for line in (REPO / "config/README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        keys, values = cells[0].split(" / "), cells[1].split(" / ")
+        first = keys[0].strip("`")
+        parent = first.rsplit(".", 1)[0]
+        names = [first] + [f"{parent}.{k.strip('`').lstrip('.')}" for k in keys[1:]]
+        values = values if len(values) == len(names) else values * len(names)
+        found |= dict(zip(names, map(_documented_value, values), strict=True))
+    return found
+
+
+def test_config_readme_table_matches_every_schema_default():
+    from mimprobe.config import load_schema
+
+    schema = {key: _schema_value(value) for key, value in _schema_defaults(load_schema(), "").items()}
+    documented = _documented_defaults()
+    assert set(documented) == set(schema), (set(schema) - set(documented), set(documented) - set(schema))
+    mismatched = {key: (documented[key], schema[key]) for key in schema if documented[key] != schema[key]}
+    assert not mismatched, mismatched

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-
 from conftest import BIN, REPO, run_snakemake, tiny_config, workflow_env
+from test_datasets import _add, make_cifar100_archive
+
 from mimprobe.config import validate_config
 from mimprobe.datasets.cifar import read_cifar_archive
 from mimprobe.errors import ConfigError, DataError
 from mimprobe.faults import PAUSE_ENV
-from test_datasets import _add, make_cifar100_archive
 
 pytestmark = pytest.mark.slow
 

@@ -27,22 +27,21 @@ import pytest
 import torch
 import yaml
 import zarr
+from conftest import BIN, REPO, run_snakemake, tiny_config, workflow_env
 from PIL import Image
 
-from conftest import BIN, REPO, run_snakemake, tiny_config, workflow_env
 from mimprobe.backbones import create_backbone
 from mimprobe.backbones.weights import safe_load
 from mimprobe.cli import main
 from mimprobe.config import validate_config
-from mimprobe.plan import split_sizes
 from mimprobe.datasets.cifar import CIFAR_ARCHIVES, CifarUnpickler, fetch_cifar_archive, read_cifar_archive
+from mimprobe.datasets.imagefolder import check_image_folder, list_image_folder, open_image, read_image_folder
 from mimprobe.errors import ConfigError, DataError, MimprobeError
 from mimprobe.faults import PAUSE_ENV
-from mimprobe.datasets.imagefolder import check_image_folder, list_image_folder, open_image, read_image_folder
+from mimprobe.plan import split_sizes
 from mimprobe.py2pickle import dumps_py2
 from mimprobe.shards import load_raw_dataset
 from mimprobe.synthetic import synthetic_cifar100, write_cifar100_archive
-
 
 # ---- fixtures --------------------------------------------------------------------------------------
 
@@ -78,7 +77,8 @@ def cifar_members(kind: str, per_batch: int = 6, classes: int = 4, superclasses:
             batch["labels"] = fine
         members[member] = batch
     names = [f"class{i}" for i in range(classes)]
-    members[spec["meta"]] = ({"fine_label_names": names, "coarse_label_names": [f"super{i}" for i in range(superclasses)]}
+    members[spec["meta"]] = ({"fine_label_names": names,
+                              "coarse_label_names": [f"super{i}" for i in range(superclasses)]}
                              if kind == "cifar100" else {"label_names": names})
     return members
 

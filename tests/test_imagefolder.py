@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
 from conftest import run_snakemake, tiny_config
-from mimprobe.errors import DataError
-from mimprobe.datasets.imagefolder import check_image_folder, count_images, read_image_folder
+from PIL import Image
 from study_run import IMAGE_FOLDER_CLASSES, finished_study, write_huge_png, write_image_folder
+
+from mimprobe.datasets.imagefolder import check_image_folder, count_images, read_image_folder
+from mimprobe.errors import DataError
 
 
 @pytest.fixture

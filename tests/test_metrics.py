@@ -1,11 +1,23 @@
 import numpy as np
 import pytest
-from sklearn.metrics import (adjusted_mutual_info_score, adjusted_rand_score, f1_score, normalized_mutual_info_score,
-                             precision_score, top_k_accuracy_score)
+from sklearn.metrics import (
+    adjusted_mutual_info_score,
+    adjusted_rand_score,
+    f1_score,
+    normalized_mutual_info_score,
+    precision_score,
+    top_k_accuracy_score,
+)
 
 from mimprobe import metrics
-from mimprobe.metrics import (cluster_accuracy_mapping, cluster_metrics_with_ci, cluster_point_metrics,
-                              metrics_over_draws, metrics_with_ci, point_metrics)
+from mimprobe.metrics import (
+    cluster_accuracy_mapping,
+    cluster_metrics_with_ci,
+    cluster_point_metrics,
+    metrics_over_draws,
+    metrics_with_ci,
+    point_metrics,
+)
 
 
 def sorted_point_metrics(labels, probs, fine_to_coarse=None):

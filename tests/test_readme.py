@@ -10,7 +10,6 @@ import re
 import pandas as pd
 import pytest
 import yaml
-
 from readme_run import checkout_copy, run_as_user
 
 pytestmark = pytest.mark.slow

@@ -113,4 +113,5 @@ def test_a_dataset_kind_is_one_module_and_one_registry_line(tmp_path, monkeypatc
     last = read_shard(tmp_path / "shards/train-0002.npz")
     assert last["images"].shape == (2, 8, 8, 3) and np.array_equal(last["index"], [8, 9])
     with pytest.raises(ConfigError, match="datasets.d.per_class: only kind toy reads it"):
-        validate_config({"datasets": {"d": {"kind": "digits", "per_class": 2}}, "backbones": {"p": {"model": "pixels"}}})
+        validate_config({"datasets": {"d": {"kind": "digits", "per_class": 2}},
+                         "backbones": {"p": {"model": "pixels"}}})

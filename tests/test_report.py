@@ -8,14 +8,14 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from study_run import finished_study, first_run_output
 
 from mimprobe.cli import main
 from mimprobe.predict import Run, choose_record
-from mimprobe.report.write import write_report
 from mimprobe.report.maps import tsne_map
 from mimprobe.report.plots import backbone_colours, depth_panel, pyplot, training_curves_figure
 from mimprobe.report.table import best_by_comparison, best_rows, build_table, per_block_rows, select_best
-from study_run import finished_study, first_run_output
+from mimprobe.report.write import write_report
 
 # the study's figures: one per probe family, or one per dataset
 PLOTS = ["accuracy_per_block/knn", "accuracy_per_block/linear"] + [
@@ -73,7 +73,8 @@ def test_few_shot_is_compared_at_equal_shots():
 
 def test_predict_and_the_report_choose_the_same_record(tmp_path):
     """Tied validation: both take the deepest block, although the JSON lists the shallower first."""
-    records = [_record(10, "lr=0.1", {"lr=0.1": 0.9}, {"top1": 0.8}), _record(11, "lr=0.1", {"lr=0.1": 0.9}, {"top1": 0.7})]
+    records = [_record(10, "lr=0.1", {"lr=0.1": 0.9}, {"top1": 0.8}),
+               _record(11, "lr=0.1", {"lr=0.1": 0.9}, {"top1": 0.7})]
     payload = _payload("linear", "vit", records)
     run = Run(tmp_path, "vit", "toy", "linear", payload, {"class_names": payload["class_names"]})
     chosen = choose_record(run, None, None)

@@ -2,10 +2,10 @@
 
 import pandas as pd
 import pytest
-
 from browser import chromium, rendered_dom
-from mimprobe.report.table import best_rows, build_table
 from study_run import finished_study
+
+from mimprobe.report.table import best_rows, build_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(chromium() is None, reason="chromium is not installed (apt-get install chromium), "

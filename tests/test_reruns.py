@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import zarr
-
 from conftest import planned_jobs, run_snakemake, tiny_config
 from readme_run import checkout_copy
 from study_run import write_image_folder

@@ -5,7 +5,6 @@ import re
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.slow

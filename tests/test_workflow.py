@@ -5,7 +5,6 @@ import re
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, planned_jobs, run_snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -67,6 +66,17 @@ def test_overriding_one_backbones_features_re_embeds_only_that_backbone(finished
     jobs = planned_jobs(workdir, changed)
     assert jobs == {"init_store": 1, "embed_shards": 3, "check_store": 1, "probe_knn": 1, "probe_linear": 1,
                     "report": 1, "all": 1}
+
+
+def test_token_grids_in_one_backbones_features_run_the_attentive_probe_for_that_backbone_only(tmp_path):
+    config = tiny_config()
+    config["backbones"]["random_vit"]["features"] = {"pooling": ["cls", "mean", "tokens"]}
+    config["probes"]["attentive"] = {"enabled": True}
+    jobs = planned_jobs(tmp_path, config)
+    assert jobs["probe_attentive"] == 1 and jobs["probe_knn"] == 2
+    out = run_snakemake(tmp_path, config, "-n", "--forceall").stdout
+    assert "results/probes/random_vit/digits/attentive.json" in out
+    assert "results/probes/pixels/digits/attentive.json" not in out
 
 
 def test_bad_config_fails_before_any_job_runs_naming_the_key(tmp_path):

@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, nor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimprobe import metrics  # noqa: E402
+from mimprobe import metrics
 
 OUT = Path("results/bench")
 N, CLASSES, DRAWS = 10_000, 100, 3
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
     ]
     rows = []
     for name, ours, score, bias_corrected in cases:
-        (ours_s, ours_cpu_s) = median_seconds(lambda: ours(args.resamples), args.repeats)
+        (ours_s, ours_cpu_s) = median_seconds(lambda ours=ours: ours(args.resamples), args.repeats)
         (loop_s, loop_cpu_s), value, loop_draws = loop(score, args.loop_resamples)
         scale = args.resamples / args.loop_resamples
         same = ours(args.loop_resamples)
@@ -130,7 +130,7 @@ def main(argv=None) -> dict:
                      "speedup_cpu": round(loop_cpu_s * scale / ours_cpu_s, 1),
                      "max_abs_difference": max_difference(same, value, loop_draws, bias_corrected)})
     ami_s = median_seconds(lambda: adjusted_mutual_info_score(labels, clusters), args.repeats)[0]
-    result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    result = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "record": f"{N:,} images x {CLASSES} classes, seed 0", "resamples": args.resamples,
               "loop_resamples": args.loop_resamples, "repeats": args.repeats, "rows": rows,

@@ -80,7 +80,7 @@ def bench_ours(backbone, images, args, device) -> float:
     backbone_cfg, features = config["backbones"]["bench"], config["features"]
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         folder = Path(tmp)
-        meta = write_shards(folder, images, args.shard_size)
+        write_shards(folder, images, args.shard_size)
         store = folder / "bench.zarr"
         layout = {"sizes": {"train": len(images), "test": 0}, "shard_size": args.shard_size,
                   "image_shape": list(images.shape[1:])}

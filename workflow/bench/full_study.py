@@ -172,7 +172,8 @@ def summarise(workdir: Path, args, rc: int, total: float) -> dict:
     families = {}
     for row in rows:
         if row["rule"].startswith("probe_"):
-            families[row["rule"].removeprefix("probe_")] = families.get(row["rule"].removeprefix("probe_"), 0) + row["s"]
+            family = row["rule"].removeprefix("probe_")
+            families[family] = families.get(family, 0) + row["s"]
     timings = probe_timings(workdir)
     measured = [t["bootstrap_s"] for t in timings.values() if not np.isnan(t["bootstrap_s"])]
     result = {
@@ -233,7 +234,8 @@ def print_table(result: dict) -> None:
     rows += [("report", result["report_stage_s"], ""),
              ("bootstrap, one 10,000 x 100 record x 1,000", result["bootstrap_record_s"],
               f"per-resample loop: {result['bootstrap_loop_record_s']} s; share of probe time "
-              f"{result.get('bootstrap_share_of_probes')}{' (estimated)' if result.get('bootstrap_share_estimated') else ''}"),
+              f"{result.get('bootstrap_share_of_probes')}"
+              f"{' (estimated)' if result.get('bootstrap_share_estimated') else ''}"),
              ("peak RSS of a job (MB)", result["peak_rss_mb"], "")]
     width = max(len(r[0]) for r in rows)
     print(f"{'stage':<{width}}  {'seconds':>8}  notes")

@@ -41,9 +41,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mimprobe.probes import knn, linear  # noqa: E402
-from mimprobe.probes.common import Split, Splits  # noqa: E402
-from mimprobe.probes.lbfgs import fit_l2_linear, top1  # noqa: E402
+from mimprobe.probes import knn, linear
+from mimprobe.probes.common import Split, Splits
+from mimprobe.probes.lbfgs import fit_l2_linear, top1
 
 OUT = Path("results/bench")
 LINEAR = {"epochs": 10, "batch_size": 1024, "per_block": False}  # lrs are per 256 images, scaled
@@ -92,7 +92,8 @@ def part_a(arrays) -> dict:
             "knn_seconds": round(knn_s, 1), "grid_and_knn_seconds": round(grid_s + knn_s, 1),
             "linear_best": f"{best.pooling} {best.setting}",
             "linear_test_top1": float((best.test_probs.argmax(1) == arrays[(0, 'cls')].test.y).mean()),
-            "knn_k": k, "knn_test_top1": knn_acc, "linear_settings": LINEAR | {"precision": outcomes[0].extra["precision"]}}
+            "knn_k": k, "knn_test_top1": knn_acc,
+            "linear_settings": LINEAR | {"precision": outcomes[0].extra["precision"]}}
 
 
 def l2_logistic_objective(x, y, weight, bias, c: float) -> float:
@@ -106,12 +107,12 @@ def l2_logistic_objective(x, y, weight, bias, c: float) -> float:
 def logreg_pair(splits: Splits, c: float, max_iter: int = 100) -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    from mimprobe.probes.logreg import DEFAULTS
+    from mimprobe.config import probe_params
 
     mean, std = splits.train_all.x.mean(0), splits.train_all.x.std(0) + 1e-6
     x, x_test = (splits.train_all.x - mean) / std, (splits.test.x - mean) / std
     y = splits.train_all.y
-    solver = {k: DEFAULTS[k] for k in ("max_iter", "tol", "precision", "polish_iter")}
+    solver = {k: probe_params("logreg", {})[k] for k in ("max_iter", "tol", "precision", "polish_iter")}
     # one small fit each first, untimed: one-time imports and initialisation, for both alike
     fit_l2_linear(torch.from_numpy(x[:1000]), torch.from_numpy(y[:1000]).long(), splits.num_classes, c, **solver)
     LogisticRegression(C=c, max_iter=5).fit(x[:1000], y[:1000])
@@ -175,7 +176,8 @@ def part_c(npz: Path) -> dict:
     sk_knn = KNeighborsClassifier(k, metric="cosine", weights="distance").fit(unit(x), y)
     acc = lambda p: float((p.argmax(1) == splits.test.y).mean())  # noqa: E731
     return {"features": f"effnet_lite0 pre_logits {x.shape[1]}-d", "logreg_C_chosen_on_val": c,
-            "logreg_test_top1": acc(ours_logreg.test_probs), "sklearn_logreg_test_top1_same_C": pair["sklearn_test_top1"],
+            "logreg_test_top1": acc(ours_logreg.test_probs),
+            "sklearn_logreg_test_top1_same_C": pair["sklearn_test_top1"],
             "linear_test_top1": acc(lin.test_probs), "linear_setting": lin.setting,
             "knn_k": k, "knn_test_top1": knn_acc,
             "sklearn_knn_test_top1": float(sk_knn.score(unit(splits.test.x), splits.test.y))}

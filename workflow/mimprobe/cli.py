@@ -29,9 +29,8 @@ def cmd_download(args):
 
 
 def cmd_prepare_shards(args):
-    from .shards import prepare_shards
-
     from .datasets import kind_of
+    from .shards import prepare_shards
 
     if args.archive:
         args.dataset["archive"] = args.archive
@@ -102,8 +101,8 @@ def cmd_probe(args):
 
 
 def cmd_report(args):
-    from .report.write import write_report
     from .report.terminal import headline_message
+    from .report.write import write_report
 
     table = write_report(args.probe_jsons, args.out_dir, args.embeddings)
     print(f"wrote {args.out_dir}/metrics.csv ({len(table)} rows), metrics.md, headline.html, per_block.html, "
@@ -140,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", type=_json, required=True, help="the dataset's config entry as JSON")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--resources", default="resources", help="where a missing CIFAR archive is downloaded to")
-    p.add_argument("--archive", nargs="?", const="", help="the CIFAR archive to read (the dataset's own, or downloaded)")
+    p.add_argument("--archive", nargs="?", const="",
+                   help="the CIFAR archive to read (the dataset's own, or downloaded)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--expect", type=_json, help='images per split the workflow planned, e.g. {"train": 50000, "test": 10000}')
+    p.add_argument("--expect", type=_json,
+                   help='images per split the workflow planned, e.g. {"train": 50000, "test": 10000}')
     p.set_defaults(run=cmd_prepare_shards)
 
     p = verbs.add_parser("synthetic-cifar", help="write a CIFAR-100-format archive of class-structured images")
@@ -186,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True)
     p.add_argument("--dataset", required=True)
     p.add_argument("--verified", help="check_store's summary (.ok.json): every array read is checked against it")
-    p.add_argument("--device", default="auto", help="probes.device: auto (the GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto",
+                   help="probes.device: auto (the GPU if there is one), cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch, BLAS and OpenMP (0: torch's default); results do not depend on it")
     p.set_defaults(run=cmd_probe)
@@ -243,7 +245,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"mimprobe {args.verb}: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - every failure ends in one line that says what to do
+    except Exception as err:
         if os.environ.get("MIMPROBE_TRACEBACK"):
             traceback.print_exc()
         print(f"mimprobe {args.verb}: error: {describe_failure(err)}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from pathlib import Path
@@ -33,11 +34,16 @@ def _with_defaults(validator_class):
 DefaultingValidator = _with_defaults(Draft7Validator)
 
 
+@functools.cache
+def _schema_file() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
 def load_schema() -> dict:
     """The schema file, with the dataset kinds and each kind's own keys from the kind registry."""
     from .datasets import KINDS, schema_keys
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = copy.deepcopy(_schema_file())
     entry = schema["properties"]["datasets"]["additionalProperties"]["properties"]
     entry["kind"]["enum"] = list(KINDS)
     entry |= {key: owned["schema"] for key, owned in schema_keys().items()}
@@ -71,8 +77,21 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def probe_params(family: str, params: dict) -> dict:
+    """A probe family's settings with the schema's defaults filled in: families keep no defaults of
+    their own, so a direct `fit` call and the workflow read the same values."""
+    schema = _schema_file()["properties"]["probes"]["properties"][family]
+    filled = copy.deepcopy(params)
+    errors = sorted(DefaultingValidator(schema).iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = ".".join(["probes", family, *map(str, errors[0].absolute_path)])
+        raise ConfigError(f"config key {where}: {errors[0].message}")
+    filled.pop("enabled", None)
+    return filled
+
+
 def _check_semantics(config: dict) -> None:
-    from .backbones import check_model_spec, source_of
+    from .backbones import check_model_spec
 
     for name, dataset in config["datasets"].items():
         _check_kind_keys(name, dataset)

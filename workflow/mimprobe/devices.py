@@ -15,9 +15,10 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from .errors import ConfigError
 
@@ -25,7 +26,8 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def default_lock_dir() -> Path:
-    return Path(os.environ.get("MIMPROBE_GPU_LOCK_DIR") or Path(tempfile.gettempdir()) / f"mimprobe-gpu-locks-{os.getuid()}")
+    default = Path(tempfile.gettempdir()) / f"mimprobe-gpu-locks-{os.getuid()}"
+    return Path(os.environ.get("MIMPROBE_GPU_LOCK_DIR") or default)
 
 
 def _lock(lock_dir: Path, index: int, blocking: bool) -> IO | None:

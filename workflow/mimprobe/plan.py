@@ -67,7 +67,8 @@ def image_shape(dataset: dict) -> list[int]:
 
 def store_layout(dataset: dict, sizes: dict[str, int] | None = None) -> dict:
     """The store's shape, as planned from the dataset entry: its splits, shards and image size."""
-    return {"sizes": sizes or split_sizes(dataset), "shard_size": dataset["shard_size"], "image_shape": image_shape(dataset)}
+    return {"sizes": sizes or split_sizes(dataset), "shard_size": dataset["shard_size"],
+            "image_shape": image_shape(dataset)}
 
 
 def shard_names(dataset: dict, sizes: dict[str, int] | None = None) -> list[str]:

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from . import layout
+from .datasets.imagefolder import open_image, to_square_uint8
 from .errors import DataError, MimprobeError
 from .layout import heads_path as heads_path_of
 from .layout import probe_json, record_key, store_path
-from .datasets.imagefolder import open_image, to_square_uint8
 from .report.table import best_by_comparison
 
 TOP_K = 5
@@ -152,13 +152,14 @@ def linear_probabilities(head: dict, features: np.ndarray) -> np.ndarray:
 
 def knn_probabilities_from_store(run: Run, record: dict, features: np.ndarray) -> np.ndarray:
     """kNN keeps no head: re-read the train features it voted with from the store."""
-    from .probes.knn import DEFAULTS, knn_probabilities
+    from .config import probe_params
+    from .probes.knn import knn_probabilities
     from .store import open_store, read_features
 
     root = open_store(run.store)
     bank = read_features(root, "train", record["pooling"], record["block"])
     labels = np.asarray(root["train/labels"][:])
-    params = DEFAULTS | run.payload.get("params", {}) | record["chosen"]
+    params = probe_params("knn", run.payload.get("params", {})) | record["chosen"]
     k = int(params["k"])
     return knn_probabilities(bank, labels, features, [k], len(run.meta["class_names"]),
                              params["temperature"], params["standardize"])[k]

@@ -11,7 +11,7 @@ import ast
 import hashlib
 import platform
 import subprocess
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from . import __version__
@@ -51,7 +51,7 @@ def _imports(name: str, path: Path) -> set[str]:
     return {m for m in found if _module_path(m) is not None}
 
 
-@lru_cache(maxsize=None)
+@cache
 def module_closure(*entries: str) -> tuple[str, ...]:
     """Every mimprobe module reachable from `entries` through imports, sorted."""
     seen, todo = set(), [e if e.startswith("mimprobe") else f"mimprobe.{e}" for e in entries]

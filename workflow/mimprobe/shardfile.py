@@ -35,5 +35,5 @@ def read_shard(path: str | Path, expected_sha256: str | None = None) -> dict[str
     try:  # reading a member whole checks its CRC: a damaged byte fails here
         with np.load(path) as data:
             return {key: data[key] for key in ("images", "labels", "coarse_labels", "index")}
-    except Exception as err:  # noqa: BLE001 - any load failure means a damaged shard
+    except Exception as err:
         raise DataError(f"{path}: unreadable shard ({err}). Delete {path} and rerun snakemake to rebuild it.") from err

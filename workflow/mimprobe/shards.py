@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import sha256_file, write_json
-from .layout import SPLITS, shard_count, shard_name
-from .shardfile import write_shard
 from .datasets import RawDataset, SplitArrays, kind_of
 from .errors import DataError
+from .layout import SPLITS, shard_count, shard_name
+from .shardfile import write_shard
 
 
 def load_raw_dataset(dataset: dict) -> RawDataset:

@@ -18,6 +18,8 @@ from .atomic import sha256_bytes
 from .errors import DataError
 from .layout import array_name, checked_of_store, feature_column, flags_of_store, shard_name
 
+FINITE_CHECK_ELEMENTS = 1 << 24  # elements checked for NaN/Inf at once: a 16 MB boolean temporary
+
 
 def store_chunk_rows(shard_size: int, at_most: int) -> int:
     """The largest divisor of shard_size not above at_most; a shard size without a near one (a
@@ -179,7 +181,7 @@ def read_features(root, split: str, pooling: str, block: int, rows=None, dtype=n
     if verified is not None and rows is None:
         check_rows(root, split, feature_column(block, pooling), data, verified)
     data = data.astype(dtype, copy=False)
-    step = max(1, (1 << 24) // max(data[:1].size, 1))  # rows per check: a bounded boolean temporary
+    step = max(1, FINITE_CHECK_ELEMENTS // max(data[:1].size, 1))
     if not all(np.isfinite(data[i:i + step]).all() for i in range(0, len(data), step)):
         # e.g. a store modified after check_store verified it
         raise DataError(

@@ -57,7 +57,8 @@ LANES = {
     for backbone in BACKBONES
     for dataset in DATASETS
 }
-PROBES = enabled_families(config)
+PROBES = enabled_families(config)  # for any backbone
+PROBES_OF = {backbone: enabled_families(config, backbone) for backbone in BACKBONES}
 # What each rule's output is computed by: a change to one of these modules reruns its jobs.
 CODE = {
     "prepare_shards": code_fingerprint("shards"),
@@ -177,9 +178,7 @@ def probe_settings(family):
 
 
 def probe_outputs():
-    return expand(
-        layout.probe_json("{backbone}", "{dataset}", "{family}"), backbone=BACKBONES, dataset=DATASETS, family=PROBES
-    )
+    return [layout.probe_json(b, d, family) for b in BACKBONES for d in DATASETS for family in PROBES_OF[b]]
 
 
 def final_outputs():

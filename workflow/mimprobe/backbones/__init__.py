@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from . import baselines, effnet, hub_models, mim_refiner, synthetic, timm_models
-from .base import POOLINGS, Backbone
+from .base import Backbone
 from .source import Source
 
 SOURCES: dict[str, Source] = {
@@ -61,5 +61,5 @@ def create_backbone(spec: str, weights: str | None = None, final_norm: bool = Fa
     return source.build(name, weights, final_norm, seed)
 
 
-__all__ = ["POOLINGS", "SOURCES", "Backbone", "Source", "block_layout", "check_model_spec", "create_backbone",
+__all__ = ["SOURCES", "Backbone", "Source", "block_layout", "check_model_spec", "create_backbone",
            "parse_spec", "source_of"]

@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-POOLINGS = ("cls", "mean", "tokens", "flat")
-
 
 class Backbone(nn.Module):
     """A frozen feature extractor exposing numbered blocks.

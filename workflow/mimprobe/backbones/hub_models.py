@@ -37,10 +37,11 @@ def create_torchvision(name: str, weights: str | None, final_norm: bool) -> Back
     try:
         tv_weights = torchvision.models.get_model_weights(name).DEFAULT
     except (ValueError, KeyError):
-        raise MimprobeError(f"{source}: torchvision has no model {name!r}; see torchvision.models.list_models()") from None
+        raise MimprobeError(f"{source}: torchvision has no model {name!r}; "
+                            "see torchvision.models.list_models()") from None
     try:
         model = torchvision.models.get_model(name, weights=None if weights else tv_weights)
-    except Exception as err:  # noqa: BLE001 - a failed download names the fix
+    except Exception as err:
         raise MimprobeError(f"{source}: could not load the pretrained weights ({err}). Without internet, "
                             "set `weights:` of this backbone to a local state dict file.") from None
     if weights:
@@ -138,7 +139,7 @@ def create_torchhub(arg: str, weights: str | None, final_norm: bool) -> Backbone
     try:
         # Naming a hub repo in the config means trusting its code (it is imported to build the model).
         model = torch.hub.load(repo, entry, pretrained=weights is None, trust_repo=True)
-    except Exception as err:  # noqa: BLE001 - network, missing entry, repo errors
+    except Exception as err:
         raise MimprobeError(f"{source}: torch.hub.load failed ({err}). It needs internet once (then torch.hub's "
                             "cache); check the repo and entry names.") from None
     if weights:

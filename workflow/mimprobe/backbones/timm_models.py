@@ -99,7 +99,7 @@ def meta_layout(name: str) -> Backbone | None:
     try:
         with torch.device("meta"):
             return wrap_timm_model(timm.create_model(name.split(".")[0], pretrained=False))
-    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is checked when it runs
+    except Exception:
         return None
 
 
@@ -117,7 +117,7 @@ def create_timm_pretrained(name: str, weights: str | None = None):
     require_file(weights, source)
     try:
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights})
-    except Exception as err:  # noqa: BLE001 - timm raises RuntimeError, KeyError... for a file it cannot use
+    except Exception as err:
         raise MimprobeError(load_failure(weights, source, err)) from None
 
 

@@ -26,7 +26,7 @@ def safe_load(path: str | Path, source: str) -> dict:
     path = require_file(path, source)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch.load raises KeyError, IndexError... on non-checkpoints
+    except Exception as err:
         raise MimprobeError(load_failure(path, source, err)) from None
 
 

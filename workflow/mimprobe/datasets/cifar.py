@@ -92,7 +92,7 @@ def _unpickle_py2(blob: bytes, member: str, archive: Path) -> dict:
         raw = CifarUnpickler(blob, member, archive).load()
     except DataError:
         raise
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a corrupt member
+    except Exception as err:
         raise DataError(
             f"{archive}: member {member!r} is not a readable CIFAR pickle ({type(err).__name__}: "
             f"{_first_line(err)}). Delete the archive and download it again."
@@ -282,7 +282,7 @@ def _download(url: str, path: Path, md5: str) -> None:
     with atomic_path(path) as tmp:
         try:
             download_url(url, str(tmp.parent), tmp.name, md5)
-        except Exception as err:  # noqa: BLE001 - network, HTTP and disk errors all mean the same to the user
+        except Exception as err:
             raise DataError(
                 f"could not download {url} ({type(err).__name__}: {_first_line(err)}). Without internet, "
                 f"download it on another machine and set datasets.<name>.archive to the copied file "

@@ -42,7 +42,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
     except Image.DecompressionBombError:
         raise DataError(f"{path}: claims more than {2 * max_pixels:,} pixels (decompression-bomb guard). "
                         "Downscale it before use.") from None
-    except Exception as err:  # noqa: BLE001 - PIL raises many types for non-images
+    except Exception as err:
         raise DataError(f"{path}: not an image PIL can read ({type(err).__name__}). "
                         "Pass a PNG, JPEG or other common image file.") from None
     if width * height > max_pixels:
@@ -55,7 +55,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS):
         return _as_rgb(image, path)
     except DataError:
         raise
-    except Exception as err:  # noqa: BLE001 - truncated or corrupt data shows up only when decoding
+    except Exception as err:
         raise DataError(f"{path}: the image data cannot be decoded ({err}). Replace or remove the file.") from None
 
 
@@ -78,7 +78,8 @@ def _as_rgb(image, path: Path):
     if image.mode == "F":
         values = np.asarray(image)
         if values.size and not np.isfinite(values).all():
-            raise DataError(f"{path}: floating-point pixels include NaN or infinity. Replace them, or save it as 8-bit.")
+            raise DataError(f"{path}: floating-point pixels include NaN or infinity. "
+                            "Replace them, or save it as 8-bit.")
         if values.size and (values.min() < 0 or values.max() > 1):
             raise DataError(f"{path}: floating-point pixels from {values.min():g} to {values.max():g}; only [0, 1] "
                             "has a known meaning. Rescale it to [0, 1], or save it as 8-bit.")
@@ -182,7 +183,7 @@ def check_image_folder(root: str | Path, allow_outside_links: bool = False) -> d
                     width, height = image.size
                 if width * height > MAX_PIXELS:
                     bad.append(f"{path.relative_to(root)} ({width}x{height} is over the {MAX_PIXELS:,}-pixel cap)")
-            except Exception as err:  # noqa: BLE001 - any open failure means unreadable
+            except Exception as err:
                 bad.append(f"{path.relative_to(root)} ({type(err).__name__})")
     if bad:
         shown = "; ".join(bad[:20]) + (f"; and {len(bad) - 20} more" if len(bad) > 20 else "")

@@ -1,4 +1,4 @@
-"""Probe families: each module has `DEFAULTS` and `fit(splits, params, seed) -> ProbeOutcome`."""
+"""Probe families: each module has `fit(splits, params, seed) -> ProbeOutcome`; defaults live in the schema."""
 
 from __future__ import annotations
 
@@ -13,7 +13,12 @@ def family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def enabled_families(config: dict) -> list[str]:
-    """Families switched on in a validated config; attentive only where token grids are stored."""
+def enabled_families(config: dict, backbone: str | None = None) -> list[str]:
+    """Families switched on in a validated config for one backbone (default: for any backbone);
+    attentive only where token grids are stored (a backbone's own `features` may store them)."""
+    from ..config import backbone_features
+
+    names = [backbone] if backbone else list(config["backbones"])
+    tokens = any("tokens" in backbone_features(config, name)["pooling"] for name in names)
     return [f for f in FAMILIES if config["probes"].get(f, {}).get("enabled", True)
-            and (f != "attentive" or "tokens" in config["features"]["pooling"])]
+            and (f != "attentive" or tokens)]

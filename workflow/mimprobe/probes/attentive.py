@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import probe_params
 from .common import ProbeOutcome, Splits
 from .epochs import train_epochs
 from .ops import layer_norm, linear
 from .progress import SILENT
 
-DEFAULTS = {"epochs": 20, "learning_rate": 1e-3, "weight_decay": 1e-4, "batch_size": 128, "num_heads": 8}
 POOLINGS = ("tokens",)
 DTYPE = np.float16  # token grids are large: keep them as stored, cast per batch
 CPU = torch.device("cpu")
@@ -49,7 +49,7 @@ class AttentivePooler(torch.nn.Module):
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
-    params = DEFAULTS | params
+    params = probe_params("attentive", params)
     dim = splits.train.x.shape[-1]
     heads = params["num_heads"] if dim % params["num_heads"] == 0 else 1
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """What every probe family shares: loading a block's splits, scoring test once, writing results.
 
-A family module has `DEFAULTS` and either
+A family module fills its settings with `config.probe_params` (the schema's defaults) and has either
 - `fit(splits, params, seed, device, progress) -> ProbeOutcome | list[ProbeOutcome]`, run on every
   stored (block, pooling) whose pooling is in the module's `POOLINGS` (default: the pooled
   vectors), or
@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import layout
 from ..atomic import atomic_path, write_json
 from ..devices import hold_device
-from ..metrics import cluster_metrics_with_ci, metrics_over_draws, metrics_with_ci, per_class_accuracy
-from .. import layout
 from ..layout import read_meta
+from ..metrics import cluster_metrics_with_ci, metrics_over_draws, metrics_with_ci, per_class_accuracy
 from ..provenance import provenance
 from ..store import feature_keys, open_store, read_features, read_labels
 from .progress import Progress
 
-
 POOLED = ("cls", "mean", "flat")  # one vector per image; "tokens" is for the attentive probe
+STATISTICS_BLOCK_ELEMENTS = 1 << 25  # feature values standardizer converts to float64 at once: 256 MB
 
 
 @dataclass
@@ -59,7 +59,7 @@ class RowView:
     def __getitem__(self, index) -> np.ndarray:
         return self.base[self.rows[index]]
 
-    def reshape(self, count: int, *rest) -> "RowView":
+    def reshape(self, count: int, *rest) -> RowView:
         assert count == len(self), "RowView reshapes the feature axes only"
         return RowView(self.base.reshape(len(self.base), *rest), self.rows)
 
@@ -250,7 +250,7 @@ def _on_cpu(value):
     return value
 
 
-def standardizer(x: np.ndarray, chunk_elements: int = 1 << 25):
+def standardizer(x: np.ndarray, chunk_elements: int = STATISTICS_BLOCK_ELEMENTS):
     """Train mean and (unbiased) std per feature of `x` flattened to (N, D), as float32 tensors.
 
     Accumulated in float64 a block of rows at a time, shifted by the first row (no cancellation),

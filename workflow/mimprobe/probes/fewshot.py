@@ -18,14 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import probe_params
 from .common import ProbeOutcome, Splits
 from .lbfgs import fit_l2_linear, scores, top1
 from .progress import SILENT
 
 CPU = torch.device("cpu")
 
-DEFAULTS = {"shots": [1, 2, 5, 10], "draws": 3, "c_values": [0.1, 1.0, 10.0, 100.0], "max_iter": 100,
-            "tol": 1e-4}  # tol: max |gradient| to stop at, sklearn's default (as logreg)
 
 
 def support_rows(labels: np.ndarray, shots: int, rng) -> np.ndarray:
@@ -34,7 +33,7 @@ def support_rows(labels: np.ndarray, shots: int, rng) -> np.ndarray:
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> list[ProbeOutcome]:
-    params = DEFAULTS | params
+    params = probe_params("fewshot", params)
     mean = torch.as_tensor(splits.train.x.mean(0), dtype=torch.float32, device=device)
 
     def prepare(x):

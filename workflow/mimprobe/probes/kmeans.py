@@ -2,8 +2,8 @@
 
 Features are standardised with the train mean/std and L2-normalised; k-means is fitted on all of
 train and assigns the test images; test scores are ACC (clusters matched one-to-one to classes by
-the Hungarian algorithm), NMI, AMI and ARI with bootstrap CIs over `report.bootstrap` resamples, like every family. No hyper-parameters, so
-no validation scores.
+the Hungarian algorithm), NMI, AMI and ARI with bootstrap CIs over `report.bootstrap` resamples,
+like every family. No hyper-parameters, so no validation scores.
 
 The algorithm is sklearn's KMeans in torch, on the probe device: `n_init` runs from greedy
 k-means++ seeds (2 + ln k candidates per centre, the one lowering the potential most is kept),
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import probe_params
 from .common import ProbeOutcome, Splits, standardizer
 from .ops import matmul, matmul_dtype, total
 from .progress import SILENT
 
-DEFAULTS = {"n_init": 3, "max_iter": 100}
 TOL = 1e-4  # sklearn's default, relative to the mean feature variance
 CPU = torch.device("cpu")
 BF16_ERROR = 8 * 2.0 ** -9  # |bf16 - exact| squared distance / (|x| |c|): inputs and output rounded, float32 sums
@@ -174,19 +174,21 @@ def _lloyd(points: Points, centres, max_iter: int, tol: float, progress):
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
-    params = DEFAULTS | params
+    params = probe_params("kmeans", params)
     mean, std = standardizer(splits.train_all.x)
     mean, std = mean.to(device), std.to(device)
 
     def prepare(x):
         return F.normalize((torch.as_tensor(x, dtype=torch.float32, device=device) - mean) / std, dim=1)
 
-    points, k, runs, max_iter = Points(prepare(splits.train_all.x)), splits.num_classes, params["n_init"], params["max_iter"]
+    points, k = Points(prepare(splits.train_all.x)), splits.num_classes
+    runs, max_iter = params["n_init"], params["max_iter"]
     progress.update(0.0, f"k-means++ seeds of {runs} runs")
     centres = points.x[_seeds(points, k, runs, np.random.default_rng(seed))]
     tol = TOL * float(total((points.x - points.x.mean(0)).square().mean(0))) / points.x.shape[1]
     centres, _ = _lloyd(points, centres, max_iter, tol,
-                        lambda i: progress.update(0.1 + 0.9 * i / max_iter, f"Lloyd step {i + 1} of at most {max_iter}"))
+                        lambda i: progress.update(0.1 + 0.9 * i / max_iter,
+                                                  f"Lloyd step {i + 1} of at most {max_iter}"))
     inertia = [float(total(points.distances(c, exact=True).amin(1))) for c in centres]
     best = centres[int(np.argmin(inertia))]
     clusters = Points(prepare(splits.test.x), low=False).distances(best, exact=True).argmin(1)

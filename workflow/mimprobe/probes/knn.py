@@ -16,11 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import probe_params
 from .common import ProbeOutcome, Splits
 from .ops import COLUMNS, matmul, matmul_dtype
 from .progress import SILENT
 
-DEFAULTS = {"k": [10, 20, 100, 200], "temperature": 0.07, "standardize": True}
 CPU = torch.device("cpu")
 MARGIN = 56  # bf16 candidates beyond the largest k
 GROUP = 64  # queries whose candidates are rescored together
@@ -133,7 +133,7 @@ def knn_probabilities(bank_x, bank_y, queries, ks, num_classes, temperature=0.07
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
-    params = DEFAULTS | params
+    params = probe_params("knn", params)
     ks, temperature, standardize = params["k"], params["temperature"], params["standardize"]
     queries = len(splits.val.y) + len(splits.test.y)
 

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import Splits, standardizer
 from .ops import dot, matmul, matmul_dtype, total
+from .progress import SILENT
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Design:
     fast_t: torch.Tensor | None = None  # its transpose, contiguous
 
     @classmethod
-    def of(cls, x, precision: str = "float32") -> "Design":
+    def of(cls, x, precision: str = "float32") -> Design:
         """`precision`: 'float32', 'bfloat16', or 'auto' (bfloat16 where the hardware multiplies it faster)."""
         if isinstance(x, Design):
             return x
@@ -113,10 +117,10 @@ def _minimise(x, x_t, y, c, loss, weight, bias, max_iter: int, tol: float, histo
         logits_of(dw, db, u)
         w_d, d_d, w_w = dot(w, dw), dot(dw, dw), dot(w, w)
 
-        def along(step):
+        def along(step):  # only called in this iteration, so the loop's w_d, d_d and w_w are current
             loss_value, res = logit_loss.at(z, u, step)
-            return (loss_value + penalty * (w_w + 2 * step * w_d + step * step * d_d),
-                    dot(res, u) + 2 * penalty * (w_d + step * d_d), res)
+            return (loss_value + penalty * (w_w + 2 * step * w_d + step * step * d_d),  # noqa: B023
+                    dot(res, u) + 2 * penalty * (w_d + step * d_d), res)  # noqa: B023
 
         accepted = _wolfe_step(along, value, slope0, 1.0 if memory else min(1.0, 1.0 / float(total(g.abs()))))
         if accepted is None:
@@ -231,3 +235,35 @@ def sweep_c(fit, evaluate, c_values, refine_steps: int, report=lambda c, done, p
         ratio **= 0.5
     best = max(scores_by_c, key=lambda c: (scores_by_c[c], -c))
     return best, dict(sorted(scores_by_c.items())), fits
+
+
+def tensors(split, mean, std, device=CPU):
+    """Standardised features and labels of a split, on `device`."""
+    x = torch.as_tensor(split.x, dtype=torch.float32, device=device)
+    return (x - mean.to(device)) / std.to(device), torch.as_tensor(split.y, device=device).long()
+
+
+def sweep_and_refit(splits: Splits, loss: str, c_values, refine_steps: int, solver: dict, device=CPU,
+                    progress=SILENT, span: float = 1.0, label: str = ""):
+    """The pipeline logistic regression and the linear SVM share (they differ only in `loss`):
+    standardise with train statistics, sweep C on validation (`sweep_c`), refit the best C on all of
+    train (standardised with its own statistics) and score test once. `solver` holds
+    `fit_l2_linear`'s max_iter, tol, precision and polish_iter; progress runs from 0 to `span`.
+    Returns (best C, {C: validation top-1}, head, test probabilities)."""
+    mean, std = standardizer(splits.train.x)
+    (x, y), (x_val, y_val) = tensors(splits.train, mean, std, device), tensors(splits.val, mean, std, device)
+    k, precision = splits.num_classes, solver.get("precision", "float32")
+    design = Design.of(x, precision)
+
+    def report(c, done, planned):
+        progress.update(span * done / (planned + 1), f"{label}C={c:.3g} (fit {done + 1} of {planned} on validation)")
+
+    best_c, val_scores, fits = sweep_c(lambda c, init: fit_l2_linear(design, y, k, c, loss, init, **solver),
+                                       lambda s: top1(x_val, y_val, s), c_values, refine_steps, report)
+    progress.update(span * (1 - 1 / (len(fits) + 1)), f"{label}C={best_c:.3g} refit on all of train")
+    mean_all, std_all = standardizer(splits.train_all.x)
+    x_all, y_all = tensors(splits.train_all, mean_all, std_all, device)
+    final = fit_l2_linear(Design.of(x_all, precision), y_all, k, best_c, loss, fits[best_c], **solver)
+    x_test = tensors(splits.test, mean_all, std_all, device)[0]
+    head = {"mean": mean_all, "std": std_all, "weight": final[0].T.contiguous(), "bias": final[1], "C": best_c}
+    return best_c, val_scores, head, scores(x_test, final).softmax(1).cpu().numpy()

@@ -33,13 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import probe_params
 from .common import POOLED, ProbeOutcome
 from .ops import matmul, matmul_dtype
 from .progress import SILENT
 
-DEFAULTS = {"learning_rates": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
-            "epochs": 30, "batch_size": 256, "warmup_epochs": 1, "block_sets": [1, 4], "per_block": True,
-            "precision": "auto"}
 MOMENTUM, BN_EPS, BN_MOMENTUM = 0.9, 1e-5, 0.1
 CPU = torch.device("cpu")
 
@@ -174,7 +172,8 @@ class Grid:
             return self.weight[a][:, position * self.classes:(position + 1) * self.classes]
 
         weight = torch.cat([columns(a) for a in arrays]).T.contiguous()
-        return {"norm_mean": torch.cat([self.mean[a] for a in arrays]), "norm_var": torch.cat([self.var[a] for a in arrays]),
+        return {"norm_mean": torch.cat([self.mean[a] for a in arrays]),
+                "norm_var": torch.cat([self.var[a] for a in arrays]),
                 "weight": weight, "bias": self.bias[head].clone(), "blocks": [b for b, _ in arrays],
                 "poolings": [p for _, p in arrays]}
 
@@ -194,7 +193,7 @@ def _resident(arrays: dict, device) -> bool:
 
 
 def fit_store(load, keys, params: dict, seed: int, device=CPU, progress=SILENT) -> list[ProbeOutcome]:
-    params = DEFAULTS | params
+    params = probe_params("linear", params)
     lrs, batch_size = params["learning_rates"], params["batch_size"]
     lr_scale = batch_size / 256
     sets = feature_sets(keys, params["block_sets"], params["per_block"])

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..config import probe_params
 from .common import POOLED, ProbeOutcome, Splits, standardizer
 from .epochs import train_epochs
 from .ops import Linear
 from .progress import SILENT
 
-DEFAULTS = {"hidden": [256, 128, 128], "epochs": 20, "learning_rate": 1e-3, "batch_size": 128}
 POOLINGS = POOLED + ("tokens",)
 DTYPE = np.float16  # flattened token grids are large: keep them as stored, cast per batch
 CPU = torch.device("cpu")
@@ -35,7 +35,7 @@ def build_mlp(dim: int, hidden: list[int], num_classes: int) -> torch.nn.Sequent
 
 
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> ProbeOutcome:
-    params = DEFAULTS | params
+    params = probe_params("mlp", params)
     mean, std = standardizer(splits.train.x)
     mean, std = mean.to(device), std.to(device)
 

@@ -94,7 +94,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def cpu_has_fast_bf16() -> bool:
     """bf16 instructions (AVX512-BF16 or AMX) on this CPU; without them bf16 products are emulated."""
     cpu = torch.cpu
-    return any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, check, lambda: False)() for check in checks)
 
 
 def matmul_dtype(precision: str, device=None) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""SVMs done right (the seed's RBF SVC on raw 201,728-dim features scored below chance):
+"""Support vector machines on standardised features:
 
 - `kernel=linear`: standardised features, one-vs-rest squared-hinge linear SVM (LinearSVC's loss)
   by full-batch L-BFGS, C chosen on validation (coarse decades, refined), refitted on all of train;
@@ -20,33 +20,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .common import ProbeOutcome, Splits, standardizer
-from .lbfgs import fit_l2_linear, scores, sweep_c, top1
-from .logreg import tensors
+from ..config import probe_params
+from .common import ProbeOutcome, Splits
+from .lbfgs import sweep_and_refit
 from .progress import SILENT
 
 CPU = torch.device("cpu")
 
-DEFAULTS = {"c_values": [10.0 ** e for e in range(-5, 2)], "refine_steps": 1, "max_iter": 100, "rbf": True,
-            "pca_dim": 128, "rbf_max_train": 10000, "rbf_c_values": [1.0, 10.0], "rbf_gamma_scales": [0.5, 1.0, 2.0]}
 
 
 def fit_linear(splits: Splits, params: dict, device=CPU, progress=SILENT) -> ProbeOutcome:
-    mean, std = standardizer(splits.train.x)
-    (x, y), (x_val, y_val) = tensors(splits.train, mean, std, device), tensors(splits.val, mean, std, device)
-    k = splits.num_classes
-    best_c, val_scores, fits = sweep_c(
-        lambda c, init: fit_l2_linear(x, y, k, c, "squared_hinge", init, params["max_iter"]),
-        lambda s: top1(x_val, y_val, s), params["c_values"], params["refine_steps"],
-        lambda c, done, planned: progress.update(0.5 * done / planned, f"linear SVM, C={c:.3g}"))
-    mean, std = standardizer(splits.train_all.x)
-    x_all, y_all = tensors(splits.train_all, mean, std, device)
-    final = fit_l2_linear(x_all, y_all, k, best_c, "squared_hinge", fits[best_c], params["max_iter"])
-    x_test = tensors(splits.test, mean, std, device)[0]
-    head = {"mean": mean, "std": std, "weight": final[0].T.contiguous(), "bias": final[1], "C": best_c}
+    best_c, val_scores, head, test_probs = sweep_and_refit(
+        splits, "squared_hinge", params["c_values"], params["refine_steps"], {"max_iter": params["max_iter"]},
+        device, progress, span=0.5, label="linear SVM, ")
     return ProbeOutcome(f"kernel=linear,C={best_c:.3g}", {"kernel": "linear", "C": best_c},
-                        {f"kernel=linear,C={c:.3g}": v for c, v in val_scores.items()},
-                        scores(x_test, final).softmax(1).cpu().numpy(), head)
+                        {f"kernel=linear,C={c:.3g}": v for c, v in val_scores.items()}, test_probs, head)
 
 
 def _sample(n: int, cap: int, seed: int) -> np.ndarray:
@@ -96,7 +84,7 @@ def fit_rbf(splits: Splits, params: dict, seed: int) -> ProbeOutcome:
 def fit(splits: Splits, params: dict, seed: int, device=CPU, progress=SILENT) -> list[ProbeOutcome]:
     from threadpoolctl import threadpool_limits
 
-    params = DEFAULTS | params
+    params = probe_params("svm", params)
     outcomes = [fit_linear(splits, params, device, progress)]
     if params["rbf"]:
         progress.update(0.5, "RBF SVC")

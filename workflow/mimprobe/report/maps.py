@@ -49,7 +49,8 @@ def selected_title(row) -> str:
     return f"{row.backbone} · {row.probe} · block {row.block} {row.pooling} · {row.setting}"
 
 
-def plot_confusion(table: pd.DataFrame, dataset: str, jsons: dict[tuple, Path], names: list[str], out_png) -> dict | None:
+def plot_confusion(table: pd.DataFrame, dataset: str, jsons: dict[tuple, Path], names: list[str],
+                   out_png) -> dict | None:
     """Row-normalised test confusion matrix of the dataset's best probe; returns its most-confused pairs."""
     from ..metrics import confusion_matrix
 

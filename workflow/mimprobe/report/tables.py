@@ -102,7 +102,8 @@ def per_block(rows: pd.DataFrame, dataset: str) -> list[Table]:
         blocks = sorted(set(group.block), key=lambda b: group[group.block == b].depth.iloc[0])
         depth = dict(zip(group.block, group.depth))
         count = int(group.block_count.iloc[0])
-        out = Table(f"{dataset} · {backbone_header(group, backbone)}: test % per block ({count} block{'s' if count > 1 else ''})",
+        blocks_word = "block" if count == 1 else "blocks"
+        out = Table(f"{dataset} · {backbone_header(group, backbone)}: test % per block ({count} {blocks_word})",
                     "Setting chosen on validation at each block; columns in depth order, (block + 1) / blocks.",
                     ["probe", "pooling"] + [f"b{b} ({depth[b]:.2f})" for b in blocks], [], numeric_from=2)
         order = {label: i for i, label in enumerate(comparison_order(group.comparison))}
@@ -130,7 +131,7 @@ def per_shot(best: pd.DataFrame, dataset: str) -> list[Table]:
                     "Equal shots per column; each cell's block and pooling chosen on validation at that shot "
                     "count (mean over draws, 95% CI).",
                     ["backbone"] + [label.removeprefix(f"{probe} ") for label in labels], [])
-        for r, backbone in enumerate(backbones):
+        for backbone in backbones:
             cells = group[group.backbone == backbone].set_index("comparison")
             out.rows.append([backbone_header(group, backbone)]
                             + [f"{value_with_ci(cells.loc[c])} · b{cells.loc[c].block} {cells.loc[c].pooling}"
