@@ -20,7 +20,7 @@ for family in PROBES:
             f"benchmarks/probe_{family}/{{backbone}}/{{dataset}}.tsv"
         conda:
             "../../envs/mimprobe.yaml"
-        threads: 8
+        threads: config["probes"]["threads"]
         resources:
             **PROBE_RESOURCES,
         params:
