@@ -5,6 +5,7 @@ import re
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from conftest import REPO, run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -15,8 +16,11 @@ class Resources(dict):
 
 
 def planned_resources(workdir, profile: str) -> dict[str, dict]:
-    """{rule: resources} from a dry run of the demo config with a profile (no jobs submitted)."""
-    out = run_snakemake(workdir, REPO / "config" / "demo.yaml", "-n", "--profile", str(REPO / "profiles" / profile))
+    """{rule: resources} from a dry run of the demo config, with the default probe threads, with a
+    profile (no jobs submitted)."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config["probes"].pop("threads")
+    out = run_snakemake(workdir, config, "-n", "--profile", str(REPO / "profiles" / profile))
     text = out.stdout + out.stderr
     planned = {}
     for rule, block in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", text, re.M):
