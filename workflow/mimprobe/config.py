@@ -144,13 +144,12 @@ def _check_shard_size(name: str, dataset: dict) -> None:
     if type(size) is not int:  # JSON schema accepts 64.0 as an integer
         raise ConfigError(f"{key}: {size!r} is not a whole number of images; write it without a decimal point.")
     from .datasets import kind_of
+    from .plan import limited
 
     official = kind_of(dataset).official_sizes
     if official is None:
         return  # image folders and custom archives are counted when the DAG is built
-    limit = dataset.get("limit") or {}
-    sizes = {s: min(n, limit.get(s) or n) for s, n in official.items()}
-    for split, count in sizes.items():
+    for split, count in limited(official, dataset).items():
         if shard_count(count, size) > MAX_SHARDS_PER_SPLIT:
             raise ConfigError(
                 f"{key}: {size} gives {shard_count(count, size)} shards (jobs) for the {count} {split} images; "

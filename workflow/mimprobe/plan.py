@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
+from .atomic import write_json
 from .datasets import kind_of
 from .errors import DataError
 from .layout import SPLITS, lane_name, shard_count, shard_name
@@ -40,10 +40,7 @@ def archive_counts(path: str | Path, kind: str, cache: Path = COUNTS_CACHE) -> d
     if key not in known:
         raw = read_cifar_archive(path, kind)
         known[key] = {"train": len(raw.train.labels), "test": len(raw.test.labels)}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, cache)
+        write_json(cache, known)
     return known[key]
 
 
@@ -52,11 +49,15 @@ def source_sizes(dataset: dict) -> dict[str, int]:
     return kind_of(dataset).sizes(dataset)
 
 
+def limited(sizes: dict[str, int], dataset: dict) -> dict[str, int]:
+    """Images per split once the dataset's `limit` is applied to the source's `sizes`."""
+    limit = dataset.get("limit") or {}
+    return {s: min(sizes[s], limit.get(s) or sizes[s]) for s in SPLITS}
+
+
 def split_sizes(dataset: dict) -> dict[str, int]:
     """Images per split after `limit`, known before any job runs."""
-    full = source_sizes(dataset)
-    limit = dataset.get("limit") or {}
-    return {s: min(full[s], limit.get(s) or full[s]) for s in SPLITS}
+    return limited(source_sizes(dataset), dataset)
 
 
 def image_shape(dataset: dict) -> list[int]:
